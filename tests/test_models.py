@@ -1,0 +1,194 @@
+"""load_model: the embedded model in 16 and 4 bits, local directories, hub ids, errors."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import torch
+
+from ftkit.catalog import UnknownModelError
+from ftkit.generation import generate_replies
+from ftkit.models import (
+    ModelLoadError,
+    keep_4bit_trainable,
+    load_model,
+    quantization_config,
+    resolve_model,
+)
+
+CAPITAL = [[{"role": "user", "content": "What is the capital of France?"}]]
+
+
+def test_embedded_model_answers_in_machine_dtype(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    assert model.dtype == torch.bfloat16  # this CPU has native bf16 (AVX512-BF16)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)
+    assert "Paris" in reply.text
+    assert reply.new_tokens <= 12 and reply.prompt_tokens > 10
+
+
+def test_4bit_nf4_load_answers_and_shrinks(model_and_tokenizer):
+    from bitsandbytes.nn import Linear4bit
+
+    model, tokenizer = load_model(quantization="nf4")
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert len(layers) == 30 * 7  # q, k, v, o, gate, up, down in each of 30 layers
+    assert layers[0].weight.quant_state.nested  # double quantisation
+    assert layers[0].weight.quant_state.quant_type == "nf4"
+    assert model.get_memory_footprint() < 0.5 * model_and_tokenizer[0].get_memory_footprint()
+    [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)
+    assert "Paris" in reply.text
+
+
+def test_int8_load_answers():
+    model, tokenizer = load_model(quantization="int8")
+    [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)
+    assert "Paris" in reply.text
+
+
+def test_batched_generation_matches_one_at_a_time(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = ["Name a colour.", "What is 2 + 2? Answer with a number.", "Say hello in French."]
+    batched = generate_replies(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
+    single = [generate_replies(model, tokenizer, [p], max_new_tokens=16)[0] for p in prompts]
+    assert [r.text for r in batched] == [r.text for r in single]
+
+
+def _lora_gradients(model, tokenizer) -> dict[str, torch.Tensor]:
+    """One backward pass of a freshly initialised LoRA (seed 0) on a fixed example."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    torch.manual_seed(0)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+    for name, param in peft_model.named_parameters():  # make B non-zero so A gets gradients
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    peft_model.train()
+    batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    return {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def _relative_errors(grads, reference) -> dict[str, float]:
+    """|g - g_ref| / |g_ref| per LoRA parameter (Frobenius norms)."""
+    return {n: float((grads[n] - ref).norm() / ref.norm()) for n, ref in reference.items()}
+
+
+def _cosines(grads, reference) -> list[float]:
+    """Cosine similarity of each LoRA parameter's gradient with the reference, sorted."""
+    cos = torch.nn.functional.cosine_similarity
+    return sorted(float(cos(grads[n].flatten(), r.flatten(), dim=0)) for n, r in reference.items())
+
+
+@pytest.fixture(scope="module")
+def reference_gradients():
+    """LoRA gradients of a freshly loaded 4-bit model that has never generated."""
+    return _lora_gradients(*load_model(quantization="nf4"))
+
+
+def _generate_with_repacking(repacking: bool):
+    """A fresh 4-bit model that has generated once, with bitsandbytes' CPU repacking on/off."""
+    from bitsandbytes.nn import Linear4bit
+
+    model, tokenizer = load_model(quantization="nf4")
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = repacking
+    generate_replies(model, tokenizer, CAPITAL, max_new_tokens=4)
+    return model, tokenizer
+
+
+def test_generate_then_train_still_passes_gradients(reference_gradients):
+    """The bitsandbytes CPU trap (shared/FACTS.md): generating before training must not
+    change the gradients LoRA receives. load_model applies keep_4bit_trainable."""
+    model, tokenizer = load_model(quantization="nf4")
+    generate_replies(model, tokenizer, CAPITAL, max_new_tokens=4)
+    grads = _lora_gradients(model, tokenizer)
+    assert grads.keys() == reference_gradients.keys() and len(grads) == 2 * 210
+    assert all(g.abs().sum() > 0 for g in grads.values()), "some LoRA weight got no gradient"
+    assert max(_relative_errors(grads, reference_gradients).values()) < 0.01
+
+
+def test_trap_is_real_and_repaired(reference_gradients):
+    """Control: with bitsandbytes' CPU repacking left on, one generate() scrambles the LoRA
+    gradients (measured: median cosine to the reference about 0.02). keep_4bit_trainable
+    on such a model converts the weights back; that inverse is not bit-exact, so repair is
+    close (measured: every cosine above 0.97) but prevention at load time is what is exact.
+    If the first assertion starts failing, bitsandbytes fixed the trap upstream."""
+    model, tokenizer = _generate_with_repacking(True)
+    broken = _cosines(_lora_gradients(model, tokenizer), reference_gradients)
+    assert broken[len(broken) // 2] < 0.5, "bitsandbytes no longer breaks gradients on CPU"
+    model, tokenizer = _generate_with_repacking(True)
+    assert keep_4bit_trainable(model) == 210
+    repaired = _cosines(_lora_gradients(model, tokenizer), reference_gradients)
+    assert repaired[0] > 0.95
+
+
+def test_local_directory_loads(embedded_dir):
+    model, tokenizer = load_model(str(embedded_dir), dtype="fp32")
+    assert model.dtype == torch.float32
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("smollm2-135m-instruct", "embedded"),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "embedded"),
+        ("qwen2.5-0.5b-instruct", "hub"),
+        ("Qwen/Qwen2.5-0.5B-Instruct", "hub"),
+        ("someone/their-model", "hub"),
+    ],
+)
+def test_resolve_names(name, kind):
+    assert resolve_model(name)[0] == kind
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UnknownModelError, match=r"qwen2\.5-7b-instruct"):
+        load_model("qwen2.5-7b-instruc")
+
+
+def test_missing_directory_is_named():
+    with pytest.raises(ModelLoadError, match="No model directory"):
+        load_model("./no/such/model/dir")
+
+
+def test_directory_without_safetensors_is_refused(tmp_path, embedded_dir):
+    shutil.copy(embedded_dir / "config.json", tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="safetensors only"):
+        load_model(str(tmp_path))
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_ENDPOINT": "http://127.0.0.1:9"}, {"HF_HUB_OFFLINE": "1"}],
+    ids=["unreachable", "offline-mode"],
+)
+def test_hub_id_offline_fails_fast_naming_the_embedded_model(monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="smollm2-135m-instruct") as error:
+        load_model("Qwen/Qwen2.5-0.5B-Instruct")
+    assert time.perf_counter() - started < 10
+    assert "not reachable" in str(error.value)
+
+
+def test_quantization_config_is_qlora_recipe():
+    config = quantization_config("nf4", torch.bfloat16)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        quantization_config("fp4", torch.bfloat16)

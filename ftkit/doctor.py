@@ -143,6 +143,9 @@ def _device_checks(hardware: HardwareInfo) -> list[Check]:
 
 def _bitsandbytes_check(hardware: HardwareInfo) -> Check:
     """Quantise a small matrix to 4-bit NF4 and back, on the device we will use."""
+    from ftkit.models import quiet_bitsandbytes
+
+    quiet_bitsandbytes()
     try:
         import bitsandbytes.functional as bnbf
         import torch

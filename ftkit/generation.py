@@ -4,7 +4,8 @@ The smallest piece of the evaluation story. Notebook 01 uses it to probe the
 embedded model; the evaluation harness builds on it. What it adds over
 `model.generate`: the chat template applied for you, left padding so a batch
 of prompts of different lengths generates correctly, stopping at the end of
-the assistant's turn, and timing.
+the assistant's turn, timing, and fast 4-bit generation on CPU that leaves
+the model exactly as trainable as before (`ftkit.models.fast_4bit_generation`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ftkit.models import fast_4bit_generation
 
 Messages = list[dict[str, str]]
 
@@ -93,7 +96,7 @@ def _generate_batch(model, tokenizer, prompts, system_prompt, max_new_tokens, te
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), fast_4bit_generation(model):
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -319,6 +319,12 @@ class FitRow:
     share: float  # needed / memory
     verdict: str  # "fits", "tight" or "does not fit"
 
+    def __str__(self) -> str:
+        return (
+            f"{self.gpu:<16} {self.memory_gib:6.2f} GiB  needs {self.needed_gib:6.2f} GiB "
+            f"({self.share:4.0%})  {self.verdict}"
+        )
+
 
 def fit_verdict(estimate: MemoryEstimate, gpu: GPU | str) -> str:
     """Say whether an estimate fits a card: "fits" (<85%), "tight" (85-100%), "does not fit".

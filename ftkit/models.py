@@ -15,11 +15,14 @@ One function, `load_model`, serves every notebook. What it adds over
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -239,11 +242,55 @@ def keep_4bit_trainable(model: torch.nn.Module) -> int:
     return fixed
 
 
-class _Int8CastFilter(logging.Filter):
-    """Drops bitsandbytes' per-matmul notice that int8 inputs are cast to fp16."""
+@contextmanager
+def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
+    """Generate with bitsandbytes' fast CPU 4-bit kernel, then restore the exact weights.
+
+    On CPU the fast AVX512-BF16 kernel needs the 4-bit weights repacked into its own
+    layout, which also rounds the double-quantised scales to bf16: training on it is
+    broken or inexact (see `keep_4bit_trainable`). Inside this block bitsandbytes may
+    repack; on leaving, every layer gets back its original weight tensor and a copy of
+    its original quantisation state taken before the block, so training afterwards is
+    bit-for-bit what it would have been. Yields how many layers may use the fast path
+    (0 on CUDA or on CPUs without AVX512-BF16, where nothing changes).
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    from bitsandbytes.functional import has_avx512bf16
+    from bitsandbytes.nn import Linear4bit
+
+    saved = []
+    if has_avx512bf16():
+        for module in model.modules():
+            if isinstance(module, Linear4bit) and module.weight.device.type == "cpu":
+                state = module.weight.quant_state
+                saved.append((module, module.weight.data, copy.deepcopy(state)))
+                module.support_avx512bf16_for_cpu = True
+    try:
+        yield len(saved)
+    finally:
+        for module, data, state in saved:
+            module.weight.data, module.weight.quant_state = data, state
+            module.support_avx512bf16_for_cpu = False
+
+
+class _BitsandbytesNoise(logging.Filter):
+    """Drops two bitsandbytes messages that alarm learners and need no action:
+    the per-matmul notice that int8 inputs are cast to fp16, and the failure to fetch
+    optional CPU kernels from the hub (the `kernels` package; ftkit does not install it,
+    and bitsandbytes falls back to its built-in kernels)."""
+
+    NOISE = ("inputs will be cast from", "from kernels-community")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "inputs will be cast from" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_bitsandbytes() -> None:
+    """Filter bitsandbytes' harmless noise (see `_BitsandbytesNoise`); safe to call often."""
+    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _BitsandbytesNoise) for f in logger.filters):
+            logger.addFilter(_BitsandbytesNoise())
 
 
 def load_model(
@@ -292,6 +339,7 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_bitsandbytes()
     if quantization and device == "mps":
         raise ModelLoadError("bitsandbytes quantisation does not run on Apple MPS; use None.")
     options = {
@@ -308,8 +356,4 @@ def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
         raise ModelLoadError(f"Could not load {source!r}: {error}") from error
     if quantization == "nf4":
         keep_4bit_trainable(model)
-    if quantization == "int8":
-        bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
-        if not any(isinstance(f, _Int8CastFilter) for f in bnb_logger.filters):
-            bnb_logger.addFilter(_Int8CastFilter())
     return model, tokenizer

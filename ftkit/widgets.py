@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import ipywidgets as w
+from IPython.display import HTML
 from matplotlib.figure import Figure
 
 from ftkit.catalog import GPU, GPUS, ModelInfo, list_models
@@ -208,7 +209,7 @@ def model_picker(
     return ModelPicker(cards, list_models() if models is None else models)
 
 
-def replies_table(prompts: list[str], columns: dict[str, list]) -> w.HTML:
+def replies_table(prompts: list[str], columns: dict[str, list]) -> HTML:
     """Show several models' replies to the same prompts side by side, with timings.
 
     `columns` maps a label (e.g. "16-bit") to the `Reply` list `generate_replies` returned.
@@ -224,4 +225,4 @@ def replies_table(prompts: list[str], columns: dict[str, list]) -> w.HTML:
             for replies in columns.values()
         )
         rows.append(f"<tr><td {top}><b>{html.escape(prompt)}</b></td>{cells}</tr>")
-    return w.HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>")
+    return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>")

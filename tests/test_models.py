@@ -12,6 +12,7 @@ from ftkit.catalog import UnknownModelError
 from ftkit.generation import generate_replies
 from ftkit.models import (
     ModelLoadError,
+    fast_4bit_generation,
     keep_4bit_trainable,
     load_model,
     quantization_config,
@@ -90,27 +91,44 @@ def reference_gradients():
     return _lora_gradients(*load_model(quantization="nf4"))
 
 
-def _generate_with_repacking(repacking: bool):
-    """A fresh 4-bit model that has generated once, with bitsandbytes' CPU repacking on/off."""
+def _generate_with_repacking():
+    """A fresh 4-bit model with bitsandbytes' default CPU repacking, after one plain
+    `model.generate` (what a learner who skips ftkit's generation helpers would run)."""
     from bitsandbytes.nn import Linear4bit
 
     model, tokenizer = load_model(quantization="nf4")
     for module in model.modules():
         if isinstance(module, Linear4bit):
-            module.support_avx512bf16_for_cpu = repacking
-    generate_replies(model, tokenizer, CAPITAL, max_new_tokens=4)
+            module.support_avx512bf16_for_cpu = True  # bitsandbytes' default on this CPU
+    inputs = tokenizer.apply_chat_template(
+        CAPITAL[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    model.generate(**inputs, max_new_tokens=4, do_sample=False)
     return model, tokenizer
 
 
-def test_generate_then_train_still_passes_gradients(reference_gradients):
+def test_generate_then_train_gives_exact_gradients(reference_gradients):
     """The bitsandbytes CPU trap (shared/FACTS.md): generating before training must not
-    change the gradients LoRA receives. load_model applies keep_4bit_trainable."""
+    change the gradients LoRA receives. generate_replies uses the fast packed kernel inside
+    fast_4bit_generation, which restores the original weights afterwards."""
+    from bitsandbytes.nn import Linear4bit
+
     model, tokenizer = load_model(quantization="nf4")
-    generate_replies(model, tokenizer, CAPITAL, max_new_tokens=4)
+    layer = next(m for m in model.modules() if isinstance(m, Linear4bit))
+    inputs = tokenizer.apply_chat_template(
+        CAPITAL[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with fast_4bit_generation(model) as fast_layers:
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert layer.weight.quant_state.packing_format_for_cpu  # the fast kernel really ran
+    assert fast_layers == 210
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)  # uses it too
+    assert "Paris" in reply.text
     grads = _lora_gradients(model, tokenizer)
     assert grads.keys() == reference_gradients.keys() and len(grads) == 2 * 210
     assert all(g.abs().sum() > 0 for g in grads.values()), "some LoRA weight got no gradient"
-    assert max(_relative_errors(grads, reference_gradients).values()) < 0.01
+    assert max(_relative_errors(grads, reference_gradients).values()) == 0.0
 
 
 def test_trap_is_real_and_repaired(reference_gradients):
@@ -119,10 +137,10 @@ def test_trap_is_real_and_repaired(reference_gradients):
     on such a model converts the weights back; that inverse is not bit-exact, so repair is
     close (measured: every cosine above 0.97) but prevention at load time is what is exact.
     If the first assertion starts failing, bitsandbytes fixed the trap upstream."""
-    model, tokenizer = _generate_with_repacking(True)
+    model, tokenizer = _generate_with_repacking()
     broken = _cosines(_lora_gradients(model, tokenizer), reference_gradients)
     assert broken[len(broken) // 2] < 0.5, "bitsandbytes no longer breaks gradients on CPU"
-    model, tokenizer = _generate_with_repacking(True)
+    model, tokenizer = _generate_with_repacking()
     assert keep_4bit_trainable(model) == 210
     repaired = _cosines(_lora_gradients(model, tokenizer), reference_gradients)
     assert repaired[0] > 0.95

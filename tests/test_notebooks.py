@@ -1,0 +1,50 @@
+"""Every notebook (and its solutions) runs top to bottom in a real kernel, in smoke mode."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from ftkit.runner import NOTEBOOK_DIR, run_notebook, series_notebooks
+
+SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
+
+
+def _outputs(notebook) -> str:
+    """All text and HTML a notebook printed or displayed, as one string."""
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts += [f"{k}: {json.dumps(v)}" for k, v in output.get("data", {}).items()]
+    return "\n".join(parts)
+
+
+# What each executed notebook must show, measured in its own run (not just "no error").
+EXPECTED = {
+    "01_choosing_a_base_model": [
+        "Paris",  # the probe's answers rendered
+        "x smaller",  # 16-bit versus 4-bit footprint, from this run
+        "application/vnd.jupyter.widget-view+json",  # the model picker
+        "image/png",  # the memory breakdown plot
+        "does not fit",  # check_fit verdicts for the cards
+    ],
+    "01_choosing_a_base_model_solutions": ["<b>Correct.</b>"] * 3,  # all three exercises
+}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", series_notebooks() + SOLUTIONS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path, tmp_path):
+    run = run_notebook(path, tmp_path / path.name, mode="smoke", log=lambda _: None)
+    executed = nbformat.read(run.output, as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    text = _outputs(executed)
+    for marker in EXPECTED[path.stem]:
+        assert marker in text, f"{path.name} should show {marker!r}"
+    if path.stem.endswith("_solutions"):
+        assert text.count("<b>Correct.</b>") == len(EXPECTED[path.stem])
+        assert "Not yet" not in text

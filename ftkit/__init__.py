@@ -12,6 +12,7 @@ from ftkit.catalog import (
     get_model_info,
     list_models,
 )
+from ftkit.data import Example, Examples, load_examples, save_examples
 from ftkit.doctor import doctor, package_versions
 from ftkit.generation import Reply, generate_replies
 from ftkit.hardware import HardwareInfo, detect_hardware, pick_dtype
@@ -23,35 +24,51 @@ from ftkit.models import (
     keep_4bit_trainable,
     load_model,
 )
+from ftkit.shapes import FORMATS, to_format
+from ftkit.splits import check_splits, find_overlap, load_dataset_splits, split_examples
+from ftkit.validation import DataError, DataReport, Problem
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CATALOG",
     "EMBEDDED_MODEL",
+    "FORMATS",
     "GPU",
     "GPUS",
+    "DataError",
+    "DataReport",
+    "Example",
+    "Examples",
     "FitRow",
     "HardwareInfo",
     "MemoryEstimate",
     "ModelInfo",
     "ModelLoadError",
+    "Problem",
     "Reply",
     "UnknownModelError",
     "__version__",
     "check_fit",
+    "check_splits",
     "detect_hardware",
     "doctor",
     "embedded_model_dir",
     "estimate_memory",
+    "find_overlap",
     "fit_verdict",
     "generate_replies",
     "get_gpu",
     "get_model_info",
     "keep_4bit_trainable",
     "list_models",
+    "load_dataset_splits",
+    "load_examples",
     "load_model",
     "package_versions",
     "pick_dtype",
+    "save_examples",
+    "split_examples",
+    "to_format",
     "verify_cache",
 ]

@@ -7,8 +7,10 @@ into an axes of your own figure instead.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -106,3 +108,73 @@ def _new_axes(rows: int) -> Axes:
     figure, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * rows), layout="constrained")
     plt.close(figure)
     return ax
+
+
+def plot_token_lengths(
+    stats_or_lengths, max_length: int | None = None, ax: Axes | None = None
+) -> Figure:
+    """Histogram of example lengths in tokens, with the 95th percentile and `max_length` marked.
+
+    Takes a `TokenStats` (from `ftkit.estimates.token_stats`) or a list of lengths.
+    Taught in notebooks/02_formatting_examples.ipynb.
+    """
+    lengths = np.asarray(getattr(stats_or_lengths, "lengths", stats_or_lengths))
+    if lengths.size == 0:
+        raise ValueError("plot_token_lengths: no lengths to plot (token_stats of no examples?).")
+    ax = ax if ax is not None else _new_axes(rows=4)
+    ax.hist(lengths, bins=min(40, max(5, len(set(lengths.tolist())))), color="#4a90c2")
+    p95 = float(np.percentile(lengths, 95))
+    ax.axvline(p95, color="#e6550d", linestyle="--", label=f"95% are at most {p95:.0f} tokens")
+    if max_length is not None:
+        cut = int((lengths > max_length).sum())
+        ax.axvline(max_length, color="#b2182b", linewidth=2,
+                   label=f"max_length {max_length} ({cut} longer: truncated)")  # fmt: skip
+    ax.set_xlabel("tokens per example (chat template included)")
+    ax.set_ylabel("examples")
+    ax.set_title(f"{lengths.size} examples, {int(lengths.sum()):,} tokens")
+    ax.legend(fontsize=8, frameon=False)
+    return ax.figure
+
+
+def plot_label_distribution(
+    examples_by_split: Mapping[str, Iterable],
+    field: str = "category",
+    share: bool = False,
+    ax: Axes | None = None,
+) -> Figure:
+    """Grouped bars: how many examples of each value of `field` every split holds.
+
+    Examples may be `ftkit.data.Example`s (the value read from `.meta`) or JSONL rows (dicts).
+    `share=True` plots each split's fractions instead, so splits of different sizes compare
+    (a stratified split shows bars of equal height).
+    Taught in notebooks/02_formatting_examples.ipynb.
+    """
+    counts = {split: _count_field(rows, field) for split, rows in examples_by_split.items()}
+    values = sorted({value for per_split in counts.values() for value in per_split})
+    if not values:
+        raise ValueError(f"plot_label_distribution: no example has a {field!r} field.")
+    ax = ax if ax is not None else _new_axes(rows=4)
+    width = 0.8 / len(counts)
+    for k, (split, per_split) in enumerate(counts.items()):
+        positions = [i + (k - (len(counts) - 1) / 2) * width for i in range(len(values))]
+        total = sum(per_split.values())
+        heights = [per_split.get(v, 0) / (total if share else 1) for v in values]
+        ax.bar(positions, heights, width, label=f"{split} ({total})")
+    ax.set_xticks(range(len(values)), values, rotation=30, ha="right")
+    ax.set_ylabel("share of the split" if share else "examples")
+    ax.set_title(f"{field} per split")
+    ax.legend(fontsize=8, frameon=False)
+    return ax.figure
+
+
+def _count_field(rows: Iterable, field: str) -> Counter:
+    """How often each value of `field` occurs; examples without it are left out."""
+    counts: Counter = Counter()
+    for row in rows:
+        if isinstance(row, Mapping):  # a JSONL row
+            value = row.get(field)
+        else:  # an Example: the field sits in .meta (or is an attribute)
+            value = (getattr(row, "meta", None) or {}).get(field, getattr(row, field, None))
+        if value is not None:
+            counts[str(value)] += 1
+    return counts

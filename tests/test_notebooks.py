@@ -32,6 +32,17 @@ EXPECTED = {
         "does not fit",  # check_fit verdicts for the cards
     ],
     "01_choosing_a_base_model_solutions": ["<b>Correct.</b>"] * 3,  # all three exercises
+    "02_formatting_examples": [
+        "detected as alpaca",  # every shape read back to the same messages
+        "10 problem(s)",  # the strict load lists every mistake of the messy file
+        "kept + dropped = 24",  # the lenient report accounts for every row
+        "overlaps between the shipped splits: none",
+        "<|im_start|>assistant",  # the chat template, rendered
+        "of them train",  # the trained-token count of the preview example, from this run
+        "tokens/s",  # the throughput measured here
+        "image/png",  # label distribution and token-length plots
+    ],
+    "02_formatting_examples_solutions": ["<b>Correct.</b>"] * 3,
 }
 
 
@@ -43,6 +54,7 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = _outputs(executed)
+    assert path.stem in EXPECTED, f"say in EXPECTED what {path.name} must show"
     for marker in EXPECTED[path.stem]:
         assert marker in text, f"{path.name} should show {marker!r}"
     if path.stem.endswith("_solutions"):

@@ -229,12 +229,15 @@ def pack(tokenized: list[TokenizedExample], max_length: int) -> list[PackedSeque
     predict the start of the next. Two traps: a 2-D attention mask next to packed
     `position_ids` makes transformers ignore the boundaries, and so does a forward with
     `use_cache=True` (the config's default; TRL passes `use_cache=False`). The block mask
-    avoids both. Cost on this 2-core CPU, LoRA on the bf16 embedded model, 160 shipped
-    examples, forward + backward: unpacked batches of 8 (padded to their longest)
-    ~190 tokens/s, peak RSS 2.6 GB; packed rows of 512 tokens, 2 per batch ~170 tokens/s,
-    2.8 GB. Packing saved only the padding (about 15% of tokens here) while attention over
-    a 512-token row computes the masked-out blocks too. It pays off with long examples of
-    very different lengths on a GPU with flash attention, which skips masked blocks.
+    avoids both. Measured on this 2-core CPU (LoRA r=16, bf16 embedded model, 160 shipped
+    examples, forward + backward; both kinds of batch alternating in one process while
+    other jobs loaded the machine: compare them, not the absolute speed): batches of 8
+    padded to their longest (11% padding) 22 tokens/s, peak RSS 2.6 GiB; packed rows of 512,
+    2 per batch (5% padding) 27 tokens/s, 2.9 GiB. Packing saves the padding and some
+    per-step overhead; it costs attention over the whole row (the masked-out blocks are
+    computed too, unless flash attention's variable-length kernels on a GPU skip them) and
+    memory that grows with the tokens in a step: TRL's default max_length 1024 with batch 8
+    puts 8,184 tokens in a step and peaked at 18.1 GiB here.
     Taught in notebooks/02_formatting_examples.ipynb.
     """
     order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i].input_ids))

@@ -14,6 +14,16 @@ from ftkit.catalog import (
 )
 from ftkit.data import Example, Examples, load_examples, save_examples
 from ftkit.doctor import doctor, package_versions
+from ftkit.estimates import TokenStats, estimate_training_time, measure_throughput, token_stats
+from ftkit.formatting import (
+    PackedSequence,
+    TokenizedExample,
+    collate,
+    pack,
+    render,
+    tokenize_example,
+    tokenize_examples,
+)
 from ftkit.generation import Reply, generate_replies
 from ftkit.hardware import HardwareInfo, detect_hardware, pick_dtype
 from ftkit.memory import FitRow, MemoryEstimate, check_fit, estimate_memory, fit_verdict
@@ -45,16 +55,21 @@ __all__ = [
     "MemoryEstimate",
     "ModelInfo",
     "ModelLoadError",
+    "PackedSequence",
     "Problem",
     "Reply",
+    "TokenStats",
+    "TokenizedExample",
     "UnknownModelError",
     "__version__",
     "check_fit",
     "check_splits",
+    "collate",
     "detect_hardware",
     "doctor",
     "embedded_model_dir",
     "estimate_memory",
+    "estimate_training_time",
     "find_overlap",
     "fit_verdict",
     "generate_replies",
@@ -65,10 +80,16 @@ __all__ = [
     "load_dataset_splits",
     "load_examples",
     "load_model",
+    "measure_throughput",
+    "pack",
     "package_versions",
     "pick_dtype",
+    "render",
     "save_examples",
     "split_examples",
     "to_format",
+    "token_stats",
+    "tokenize_example",
+    "tokenize_examples",
     "verify_cache",
 ]

@@ -7,20 +7,25 @@ into ftkit's cache on first use, about 20 s) and the data committed in data/.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from ftkit.models import embedded_model_dir, load_model
 
+# Tests never touch a model hub, and evaluate and datasets write their modules to a temp
+# dir. Set here, at import, because evaluate reads HF_HOME once, when first imported (and
+# the test modules import it before any fixture runs).
+_PREVIOUS = {key: os.environ.get(key) for key in ("HF_HOME", "HF_HUB_DISABLE_TELEMETRY")}
+_HF_HOME = tempfile.mkdtemp(prefix="ftkit-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-@pytest.fixture(autouse=True, scope="session")
-def _offline_hub(tmp_path_factory):
-    """Tests never touch a model hub; evaluate and datasets write their modules to a temp dir."""
-    previous = {key: os.environ.get(key) for key in ("HF_HOME", "HF_HUB_DISABLE_TELEMETRY")}
-    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    yield
-    for key, value in previous.items():
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+    for key, value in _PREVIOUS.items():
         if value is None:
             os.environ.pop(key, None)
         else:

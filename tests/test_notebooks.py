@@ -43,6 +43,30 @@ EXPECTED = {
         "image/png",  # label distribution and token-length plots
     ],
     "02_formatting_examples_solutions": ["<b>Correct.</b>"] * 3,
+    "03_qlora_training": [
+        "x smaller",  # 16-bit versus NF4 footprint of this model, measured
+        "trainable parameters",  # the LoRA parameter count, counted on this model
+        "validation loss before training",
+        "application/vnd.jupyter.widget-view+json",  # the training monitor
+        "Validation loss fell from",  # the run's own before/after numbers
+        "replies are valid JSON",  # the trained model asked about test tickets
+        "result.json",  # the run folder, listed
+        "Reloaded from disk",  # the run loaded again and scored
+        "image/png",  # loss curves
+    ],
+    "03_qlora_training_solutions": ["<b>Correct.</b>"] * 3,
+    "04_prompt_vs_finetune": [
+        "of them hand-written",  # the test split described
+        "bootstrap 95% intervals",  # the comparison table, with intervals
+        "The intervals",  # the verdict with this run's numbers
+        "tokens** per request",  # prompt cost, measured
+        "Macro-F1 of the category",  # confusion matrices and macro-F1
+        "application/vnd.jupyter.widget-view+json",  # error browser, comparator, controls
+        "scores per size",  # the learning curve's points
+        "What prompting did well",
+        "image/png",  # the plots
+    ],
+    "04_prompt_vs_finetune_solutions": ["<b>Correct.</b>"] * 3,
 }
 
 

@@ -1,0 +1,122 @@
+"""What can go wrong in training, caught early and explained: data, divergence, memory.
+
+`ftkit.training.train` calls these so that a learner reads a reason and a next step, not a
+traceback from deep inside a library:
+
+- `prepare_data` refuses, before any training, an empty split or one in which no token
+  would train (every reply cut off by `max_length`, or no assistant message);
+- `divergence_advice` explains a NaN/inf loss (`ftkit.trainer.TrainingDiverged`) and names
+  the last good checkpoint, which the trainer never overwrites with a bad step;
+- `oom_advice` answers a CUDA out-of-memory error with options, each with its peak memory
+  from `ftkit.memory.estimate_memory`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ftkit.training import TrainConfig
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot go on; the message says why and what to do."""
+
+
+def prepare_data(examples, tokenizer, config: TrainConfig, split: str = "train") -> list:
+    """Tokenize examples with completion-only labels (packed if asked); refuse useless data.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+
+    from ftkit.formatting import pack, tokenize_examples
+
+    examples = list(examples or [])
+    if not examples:
+        raise TrainingError(
+            f"The {split} data is empty: there is nothing to train on. Check the file you "
+            "loaded (ftkit.data.load_examples reports what it dropped and why)."
+        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            items = tokenize_examples(examples, tokenizer, config.max_length)
+    except ValueError as error:
+        raise TrainingError(f"Cannot train on the {split} data: {error}") from error
+    for warning in caught:
+        print(f"[ftkit] {split}: {warning.message}")
+    if not items:
+        raise TrainingError(
+            f"No token of the {len(examples)} {split} examples would train: every assistant "
+            f"reply lies beyond max_length={config.max_length} tokens, so all labels are "
+            "masked (-100). Raise max_length (see ftkit.estimates.token_stats)."
+        )
+    if config.packing and split == "train":
+        return pack(items, config.max_length)
+    return items if split == "train" else sorted(items, key=lambda item: len(item.input_ids))
+
+
+def divergence_advice(error: Exception, config: TrainConfig, run_dir: Path) -> str:
+    """Explain a NaN/inf loss: where it happened, the checkpoint that is intact, what to try.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit.runs import last_checkpoint
+
+    good = last_checkpoint(run_dir)
+    kept = f"The last good checkpoint is {good}" if good else "No checkpoint had been saved yet"
+    return (
+        f"{error} {kept}; nothing was saved after the bad step. Likely causes: a learning "
+        f"rate too high (lr={config.lr:g}; try {config.lr / 10:g}), fp16 overflow (use bf16 "
+        "where the hardware has it), or broken data. Resume with train(..., resume=True) "
+        "after fixing it."
+    )
+
+
+def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str = "fp16") -> str:
+    """What to change after a CUDA out-of-memory error, each option with its estimated peak.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit.catalog import UnknownModelError, get_model_info, list_models
+    from ftkit.memory import estimate_memory
+
+    head = (
+        f"The GPU ran out of memory training {config.model} ({config.method}, batch "
+        f"{config.batch_size} x {config.max_length} tokens)."
+    )
+    try:
+        info = get_model_info(config.model)
+    except (UnknownModelError, ValueError):
+        return head + (" Try a smaller batch_size (raise gradient_accumulation_steps to keep "
+                       "the effective batch), a shorter max_length, gradient_checkpointing=True, "
+                       "method='qlora', or a smaller model.")  # fmt: skip
+
+    def gib(**change) -> str:
+        setup = {"method": config.method, "batch_size": config.batch_size,
+                 "max_length": config.max_length, "precision": precision,
+                 "gradient_checkpointing": config.gradient_checkpointing,
+                 "lora_r": config.lora_r} | change  # fmt: skip
+        return f"{estimate_memory(info, **setup).total:.1f} GiB"
+
+    card = f" on a {gpu_memory_gb:.1f} GiB GPU" if gpu_memory_gb else ""
+    options = []
+    if config.batch_size > 1:
+        half, steps = config.batch_size // 2, config.gradient_accumulation_steps * 2
+        options.append(f"batch_size={half}, gradient_accumulation_steps={steps} (same "
+                       f"effective batch): {gib(batch_size=half)}")  # fmt: skip
+    if config.max_length > 128:
+        options.append(f"max_length={config.max_length // 2}: "
+                       f"{gib(max_length=config.max_length // 2)}")  # fmt: skip
+    if not config.gradient_checkpointing:
+        options.append(f"gradient_checkpointing=True: {gib(gradient_checkpointing=True)}")
+    if config.method != "qlora":
+        options.append(f"method='qlora' (4-bit base): {gib(method='qlora')}")
+    smaller = [m for m in list_models() if m.params < info.params]
+    if smaller:
+        options.append(f"a smaller model, {smaller[-1].name}: "
+                       f"{estimate_memory(smaller[-1], config.method, config.batch_size, config.max_length, precision).total:.1f} GiB")  # noqa: E501  # fmt: skip
+    lines = "\n".join(f"  - {option}" for option in options)
+    return f"{head} ftkit's estimate for this setup: {gib()}{card}. Try, in order:\n{lines}"

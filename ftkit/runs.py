@@ -1,0 +1,411 @@
+"""Runs as versions: one folder per training run, listed, reloaded, merged and exported.
+
+`ftkit.training.train` writes `runs/<name>/`:
+
+    config.json      the TrainConfig, the data it saw, ftkit's version
+    metrics.jsonl    one line per training log and evaluation (see ftkit.callbacks)
+    checkpoints/     checkpoint-<step>/: adapter, optimizer, scheduler, RNG state, data position
+    adapter/         the final LoRA adapter (peft format) and the tokenizer
+    result.json      how it ended: status, losses, timings, memory
+    README.md        a model card: base model, data, hyperparameters, results, how to load it
+
+This module reads them back: `list_runs`, `load_run` (any run, or any of its checkpoints,
+onto its base model: roll back to an earlier version), `merge_and_export` (the adapter
+merged into a 16-bit copy of the base, saved as safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ftkit.callbacks import read_metrics
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Fields that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints"}
+
+
+class RunError(RuntimeError):
+    """A run folder is missing, incomplete, or already taken; the message says what to do."""
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def open_run_dir(config, resume: bool) -> Path:
+    """The run's folder: created fresh, or found again for `resume`; never silently reused.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    runs_dir = Path(config.runs_dir)
+    name = config.run_name
+    if name is None and resume:
+        existing = sorted(
+            (p for p in runs_dir.glob("*/config.json")), key=lambda p: p.stat().st_mtime
+        )
+        if not existing:
+            raise RunError(f"resume=True, but {runs_dir} holds no run to resume. Drop resume=True.")
+        name = existing[-1].parent.name
+    name = name or f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = runs_dir / name
+    taken = (path / "config.json").is_file()
+    if taken and not resume and _is_main_process():
+        if not config.overwrite:
+            done = "finished" if (path / "result.json").is_file() else "unfinished"
+            raise RunError(
+                f"A run named {name!r} already exists in {runs_dir} ({done}). Pass resume=True to "
+                "continue it, overwrite=True to replace it, or choose another run_name."
+            )
+        shutil.rmtree(path)
+    if resume and taken:
+        check_resumable(config, path)
+        _refuse_finished(path)
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_resumable(config, path: Path) -> None:
+    """Refuse to resume a run with settings that change what it computes.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    saved = json.loads((path / "config.json").read_text())["config"]
+    now = json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise RunError(
+            f"Cannot resume {path.name!r} with a different config ({diffs}): the result would "
+            "match neither setting. Resume with the saved config (load_run(...).config), or "
+            "start a new run_name."
+        )
+
+
+def _refuse_finished(path: Path) -> None:
+    """A run that ended on its own has nothing to resume (a stopped one does)."""
+    result = path / "result.json"
+    status = json.loads(result.read_text()).get("status", "") if result.is_file() else ""
+    if status in ("finished", "early stopping"):
+        raise RunError(
+            f"Run {path.name!r} already ended ({status}); there is nothing to resume. Use it "
+            "with load_run(...), or train longer as a new run_name."
+        )
+
+
+def last_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest complete checkpoint of a run (one killed mid-save is skipped), or None.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    steps = {}
+    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        match = CHECKPOINT.match(path.name)
+        if match and (path / "trainer_state.json").is_file():  # written last by the Trainer
+            steps[int(match.group(1))] = path
+    return str(steps[max(steps)]) if steps else None
+
+
+def checkpoint_step(checkpoint: str | Path | None) -> int:
+    """The optimizer step a checkpoint folder was saved at (0 for None)."""
+    return int(CHECKPOINT.match(Path(checkpoint).name).group(1)) if checkpoint else 0
+
+
+def checkpoint_epoch(checkpoint: str | Path | None) -> float:
+    """The epoch (a fraction) a checkpoint folder was saved at (0.0 for None)."""
+    if not checkpoint:
+        return 0.0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return float(state.get("epoch") or 0.0)
+
+
+def write_config(run_dir: Path, config, train_items, val_items) -> None:
+    """Save config.json: the TrainConfig, what data it saw, and ftkit's version.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit import __version__
+
+    if not _is_main_process():
+        return
+    data = {"train": _data_summary(train_items), "validation": _data_summary(val_items)}
+    info = {
+        "config": asdict(config),
+        "base_model": _base_model_id(config.model),
+        "data": data,
+        "ftkit_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    (run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _base_model_id(name: str) -> str:
+    """The id a model card names: the hub id (also for the embedded copy), or the directory."""
+    from ftkit.catalog import get_model_info
+    from ftkit.models import resolve_model
+
+    kind, where = resolve_model(name)
+    return get_model_info(where).hub_id if kind == "embedded" else where
+
+
+def _data_summary(items) -> dict | None:
+    if items is None:
+        return None
+    members = [len(getattr(item, "members", [0])) for item in items]
+    sources = sorted({str(getattr(item, "source", "")).split(":")[0] for item in items} - {""})
+    return {
+        "examples": sum(members),
+        "rows": len(items),
+        "tokens": sum(len(item.input_ids) for item in items),
+        "trained_tokens": sum(sum(label != -100 for label in item.labels) for item in items),
+        "sources": sources[:5],
+    }
+
+
+def write_result(run_dir: Path, result, config, precision) -> None:
+    """Save result.json and the model card README.md of a finished (or stopped) run.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    keep = (
+        *("status", "steps", "train_loss", "val_loss", "best_step", "seconds"),
+        *("seconds_per_epoch", "tokens_per_second", "peak_memory_gb", "trainable_params"),
+    )
+    summary = {key: getattr(result, key) for key in keep}
+    summary |= {"precision": precision.name, "optimizer": precision.optimizer,
+                "device": precision.device, "adapter_dir": str(result.adapter_dir)}  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "README.md").write_text(model_card(run_dir, config, summary))
+
+
+def model_card(run_dir: Path, config, summary: dict) -> str:
+    """A model card in Markdown: base model, data, hyperparameters, results, how to load.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    info = json.loads((run_dir / "config.json").read_text())
+    data = info["data"]
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
+    results = "\n".join(f"| {k.replace('_', ' ')} | {_fmt(v)} |" for k, v in summary.items())
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        f"A {config.method.upper()} fine-tune of `{info['base_model']}` made with ftkit "
+        f"{info['ftkit_version']} (torch {info['torch_version']}).",
+        "",
+        "## Data",
+        "",
+        *(_data_line(split, d) for split, d in data.items() if d),
+        "",
+        "## Hyperparameters",
+        "",
+        "| field | value |\n|---|---|",
+        rows,
+        "",
+        "## Results",
+        "",
+        "| metric | value |\n|---|---|",
+        results,
+        "",
+        "## How to load it",
+        "",
+        "```python",
+        "from ftkit.runs import load_run",
+        f'run = load_run("{run_dir.name}", runs_dir="{run_dir.parent}")',
+        "model, tokenizer = run.model, run.tokenizer",
+        "",
+        "# or with peft alone (ftkit.models.load_model gives the same base offline)",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        f'base = AutoModelForCausalLM.from_pretrained("{info["base_model"]}")',
+        f'model = PeftModel.from_pretrained(base, "{run_dir / "adapter"}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _data_line(split: str, d: dict) -> str:
+    return (
+        f"- {split}: {d['examples']} examples, {d['tokens']:,} tokens, of which "
+        f"{d['trained_tokens']:,} train (assistant replies); from {', '.join(d['sources'])}"
+    )
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Run:
+    """One run folder, read back; `model` and `tokenizer` are set by `load_run`."""
+
+    name: str  # the folder name
+    path: Path  # the folder
+    config: object  # its TrainConfig
+    metrics: list[dict]  # metrics.jsonl records
+    result: dict  # result.json ({} if the run never finished: killed, or still running)
+    checkpoints: list[int]  # steps of its complete checkpoints
+    model: object = field(default=None, repr=False)
+    tokenizer: object = field(default=None, repr=False)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    def __str__(self) -> str:
+        val = self.result.get("val_loss")
+        val = f"{val:.3f}" if isinstance(val, float) else "n/a"
+        status = self.result.get("status", "unfinished")
+        return f"{self.name}: {self.config.method}, {status}, validation loss {val}"
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a run folder's config, metrics and result, without loading any model.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit.training import TrainConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RunError(f"{path} is not a run folder (no config.json). See list_runs().")
+    config = TrainConfig.from_dict(json.loads((path / "config.json").read_text())["config"])
+    result_file = path / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    steps = sorted(
+        int(CHECKPOINT.match(p.name).group(1))
+        for p in (path / "checkpoints").glob("checkpoint-*")
+        if CHECKPOINT.match(p.name) and (p / "trainer_state.json").is_file()
+    )
+    return Run(path.name, path, config, read_metrics(path / "metrics.jsonl"), result, steps)
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
+    """Every run in `runs_dir`, oldest first (print one to see its status and loss).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    folders = [p.parent for p in Path(runs_dir).glob("*/config.json")]
+    return [read_run(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime)]
+
+
+def load_run(
+    name: str | Path, runs_dir: str | Path = "runs", checkpoint: int | None = None,
+    quantization: str | None = "as_trained", dtype="auto",
+) -> Run:  # fmt: skip
+    """Load a run with its adapter (or an earlier checkpoint's) on its base model.
+
+    `quantization="as_trained"` loads the base in 4 bits for QLoRA runs (what it trained on);
+    None loads it unquantised, in `dtype`. Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from peft import PeftModel
+
+    from ftkit.models import load_model
+
+    path = Path(name) if Path(name).is_dir() else Path(runs_dir) / str(name)
+    run = read_run(path)
+    where = _adapter_source(run, checkpoint)
+    if quantization == "as_trained":
+        quantization = "nf4" if run.config.method == "qlora" else None
+    if run.config.method == "full":
+        run.model, run.tokenizer = load_model(str(where))
+        return run
+    base, run.tokenizer = load_model(run.config.model, quantization=quantization, dtype=dtype)
+    if quantization == "nf4":  # as in training: peft's k-bit preparation (fp32 norms)
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    run.model = PeftModel.from_pretrained(base, str(where))
+    run.model.eval()
+    return run
+
+
+def _adapter_source(run: Run, checkpoint: int | None) -> Path:
+    if checkpoint is not None:
+        if checkpoint not in run.checkpoints:
+            raise RunError(
+                f"Run {run.name!r} has no checkpoint {checkpoint}; it has {run.checkpoints}."
+            )
+        return run.path / "checkpoints" / f"checkpoint-{checkpoint}"
+    final = run.path / ("model" if run.config.method == "full" else "adapter")
+    if final.is_dir():
+        return final
+    if run.checkpoints:
+        raise RunError(
+            f"Run {run.name!r} did not finish (no {final.name}/). Load a checkpoint with "
+            f"checkpoint={run.checkpoints[-1]}, or resume it: train(config, ..., resume=True)."
+        )
+    raise RunError(f"Run {run.name!r} has neither a final adapter nor checkpoints.")
+
+
+def merge_and_export(
+    run: Run | str | Path, out_dir: str | Path, runs_dir="runs", dtype=None
+) -> Path:
+    """Merge a run's LoRA adapter into a fresh 16-bit copy of its base; save as safetensors.
+
+    The base is loaded again in 16 bits (never the 4-bit weights QLoRA trained on, which
+    would bake quantisation error into the export). In 16 bits W + BA is rounded, so the
+    export is close to the adapter, not identical; `dtype=torch.float32` merges exactly.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from peft import PeftModel
+
+    from ftkit.hardware import detect_hardware
+    from ftkit.models import load_model
+
+    run = (
+        run
+        if isinstance(run, Run)
+        else read_run(Path(run) if Path(run).is_dir() else Path(runs_dir) / str(run))
+    )
+    if run.config.method == "full":
+        raise RunError(f"{run.name} is a full fine-tune: {run.path / 'model'} is already whole.")
+    hardware = detect_hardware()
+    if dtype is None:
+        dtype = torch.float16 if hardware.device == "cuda" and not hardware.bf16 else torch.bfloat16
+    base, tokenizer = load_model(run.config.model, quantization=None, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(_adapter_source(run, None))).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def reuse_or_train(config, train_examples, validation_examples=None, monitor=None) -> Run:
+    """The finished run `config.run_name` if it fine-tuned the same base model with the same
+    method, else a run trained now with `config`; returned loaded (`run.model`, `run.tokenizer`).
+
+    Notebook 04 uses it to pick up notebook 03's fine-tune (whatever settings the learner
+    chose there) instead of training it twice; `run.config` says how it was trained.
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    from dataclasses import replace
+
+    from ftkit.training import train
+
+    path = Path(config.runs_dir) / str(config.run_name)
+    if config.run_name and (path / "result.json").is_file():
+        saved = read_run(path)
+        status = saved.result.get("status")
+        same = (saved.config.model, saved.config.method) == (config.model, config.method)
+        if same and status in ("finished", "early stopping"):
+            print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
+                  f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
+            return load_run(path)
+        why = status if same else f"{saved.config.method} of {saved.config.model}"
+        print(f"[ftkit] {path} is not reusable ({why}): training it again")
+    result = train(replace(config, overwrite=True), train_examples, validation_examples,
+                   monitor=monitor)  # fmt: skip
+    run = read_run(result.run_dir)
+    run.model, run.tokenizer = result.model, result.tokenizer
+    return run

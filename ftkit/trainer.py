@@ -1,0 +1,309 @@
+"""The transformers `Trainer`, taught three things: a cheaper exact loss, similar-length
+batches that resume exactly, and refusing to go on after a NaN.
+
+`ftkit.training.train` builds an `FtkitTrainer`; everything else (checkpoints with optimizer,
+scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP under
+`torchrun` or `accelerate launch`) is the Trainer's own. What this subclass adds:
+
+- **labelled-position logits**: a 49k-token vocabulary makes the (tokens x vocabulary)
+  logits the largest tensor of a step, yet completion-only training needs them only where a
+  label is (the assistant's reply, about a third of the tokens here). A forward pre-hook on
+  the output layer keeps just those positions; the loss is the same cross-entropy, summed
+  over the same tokens (tests/test_training.py checks loss and gradients against the full
+  computation).
+- **length-grouped batches** from `LengthGroupedSampler`, seeded per epoch so a resumed run
+  sees exactly the batches the interrupted one would have seen;
+- **a divergence guard**: a NaN or infinite loss (or gradient) raises `TrainingDiverged`
+  before the optimizer step, so no checkpoint after the last good step is ever written;
+- evaluation that does not disturb training: it runs under a saved-and-restored RNG state,
+  so evaluating every N steps gives the same adapter as not evaluating;
+- tokens per second (padding excluded) in every training log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft.helpers import disable_input_dtype_casting
+from torch.utils.data import Sampler
+from transformers import Trainer
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from ftkit.callbacks import RunLogger, read_metrics
+from ftkit.formatting import IGNORE_INDEX
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or infinite; training stopped before the step."""
+
+
+class LengthGroupedSampler(Sampler):
+    """A random order in which each batch holds examples of similar length (less padding).
+
+    transformers' sampler of the same name draws from the global RNG when an epoch starts,
+    which a resumed run cannot reproduce; this one seeds its own generator with seed + epoch.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
+        self.lengths = list(lengths)  # tokens per example
+        self.batch_size = batch_size  # examples per optimizer step (micro-batch x accumulation)
+        self.seed = seed
+        self.epoch = 0  # set by the Trainer (through accelerate) before each epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class _KeepLabelledPositions:
+    """Forward pre-hook on the output layer: when `keep` (batch x length, bool) is set, only
+    the hidden states at those positions reach it, so only their logits are computed."""
+
+    def __init__(self) -> None:
+        self.keep: torch.Tensor | None = None
+
+    def __call__(self, module, args):
+        if self.keep is None:
+            return None
+        return (args[0][self.keep], *args[1:])
+
+
+def causal_lm_loss(
+    model, inputs: dict, labelled_only: bool = True, hook: _KeepLabelledPositions | None = None
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Summed next-token cross-entropy over labelled tokens, and how many there were.
+
+    With `labelled_only` (and the hook on the model's output layer), logits are computed at
+    labelled positions only; the sum is the same as from the full logits.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    wanted = targets != IGNORE_INDEX
+    if labelled_only and hook is not None:
+        hook.keep = torch.cat([wanted, wanted.new_zeros((len(labels), 1))], dim=1)
+    try:
+        outputs = model(**inputs, use_cache=False)
+    finally:
+        if hook is not None:
+            hook.keep = None
+    logits = (
+        outputs.logits if labelled_only and hook is not None else outputs.logits[:, :-1][wanted]
+    )
+    loss = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    return loss, wanted.sum(), outputs
+
+
+class FtkitTrainer(Trainer):
+    """`Trainer` with ftkit's loss, sampler, divergence guard and token counting."""
+
+    def __init__(self, *args, labelled_logits_only: bool = True, lengths=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths  # tokens per training example, for the length-grouped sampler
+        self.labelled_logits_only = labelled_logits_only
+        self.model_accepts_loss_kwargs = True  # makes the Trainer count labelled tokens for us
+        self.hook = _KeepLabelledPositions()
+        self.model.get_output_embeddings().register_forward_pre_hook(self.hook)
+        self.tokens_seen = 0  # real (non-padding) tokens trained on, this process
+        self.eval_seconds = 0.0  # time spent evaluating, excluded from tokens per second
+        self.ftkit_first_epoch = 0.0  # epoch training (re)started at (set on resume)
+        self._last_log = (time.perf_counter(), 0, 0.0)  # time, tokens, eval seconds at last log
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(self.lengths, per_step, self.args.data_seed or self.args.seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {k: v for k, v in inputs.items() if k != "num_tokens"}
+        hook = self.hook if self.labelled_logits_only else None
+        # Under autocast, peft's cast of every LoRA input to the adapters' fp32 only copies
+        # activations (the matmul runs in 16 bits anyway): skip it, same numbers, ~15% faster.
+        with disable_input_dtype_casting(model, active=self.args.bf16 or self.args.fp16):
+            total, count, outputs = causal_lm_loss(model, inputs, self.labelled_logits_only, hook)
+        loss = total / (
+            num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        tokens = int(inputs.get("num_tokens", torch.tensor(0)).sum())
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss) or not self._gradients_finite(model):
+            what = "loss" if not torch.isfinite(loss) else "gradients"
+            raise TrainingDiverged(
+                f"The {what} became {float(loss)} at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}); training stopped before that step's update."
+            )
+        self.tokens_seen += tokens
+        return loss
+
+    def _gradients_finite(self, model) -> bool:
+        if self.args.fp16:
+            return True  # fp16 loss scaling skips steps with inf gradients by design
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+    def evaluate(self, *args, **kwargs):
+        started = time.perf_counter()
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # evaluation leaves training's RNG alone
+            metrics = super().evaluate(*args, **kwargs)
+        self.eval_seconds += time.perf_counter() - started
+        return metrics
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log: add throughput since the previous one
+            now, tokens, evaluating = time.perf_counter(), self.tokens_seen, self.eval_seconds
+            since, before, evaluated = self._last_log
+            spent = now - since - (evaluating - evaluated)
+            logs["tokens_per_second"] = round((tokens - before) / spent, 1) if spent > 0 else 0.0
+            logs["tokens_seen"] = tokens
+            self._last_log = (now, tokens, evaluating)
+        super().log(logs, start_time)
+
+
+def training_arguments(config, run_dir: Path, precision, evaluating: bool, quiet: bool = False):
+    """The transformers `TrainingArguments` that say what `config` says.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from transformers import TrainingArguments
+
+    periodic = evaluating and config.eval_steps is not None
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=2 * config.batch_size,  # no gradients: room for more
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of all steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=precision.optimizer,
+        bf16=precision.name == "bf16",
+        fp16=precision.name == "fp16",
+        use_cpu=precision.device == "cpu",
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must be seen (the trainer stops on it)
+        eval_strategy="steps" if periodic else "no",
+        eval_steps=config.eval_steps if periodic else None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.keep_checkpoints,
+        load_best_model_at_end=periodic and config.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss" if evaluating else None,
+        greater_is_better=False,
+        prediction_loss_only=True,
+        remove_unused_columns=False,  # our examples are TokenizedExample objects, not columns
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience resumes too
+        ddp_find_unused_parameters=False,
+        disable_tqdm=quiet,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+
+
+class Collator:
+    """`ftkit.formatting.collate`, plus how many real tokens the batch holds."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.pad_to_multiple_of = pad_to_multiple_of  # 8 on CUDA (tensor cores), None on CPU
+
+    def __call__(self, batch) -> dict:
+        from ftkit.formatting import collate
+
+        tensors = collate(batch, self.tokenizer, self.pad_to_multiple_of)
+        tensors["num_tokens"] = torch.tensor(sum(len(item.input_ids) for item in batch))
+        return tensors
+
+
+def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, checkpoint,
+                  quiet=False) -> FtkitTrainer:  # fmt: skip
+    """An `FtkitTrainer` with ftkit's callbacks; metrics.jsonl cut back to the checkpoint.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    from ftkit.runs import checkpoint_step
+
+    train_items, val_items = data
+    args = training_arguments(config, run_dir, precision, val_items is not None, quiet)
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path, checkpoint_step(checkpoint)) if checkpoint else []
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:  # drop what an interrupted run logged after its last checkpoint
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    logger = RunLogger(path if main else None, records)
+    early = [EarlyStoppingCallback(config.early_stopping_patience)] if (
+        args.load_best_model_at_end) else []  # fmt: skip
+    trainer = FtkitTrainer(
+        model=model,
+        args=args,
+        data_collator=Collator(tokenizer, 8 if precision.device == "cuda" else None),
+        train_dataset=train_items,
+        eval_dataset=val_items,
+        processing_class=tokenizer,
+        callbacks=[logger, *early, *watchers],
+        labelled_logits_only=config.labelled_logits_only,
+        lengths=[len(item.input_ids) for item in train_items] if config.group_by_length else None,
+    )
+    trainer.ftkit_logger = logger
+    if quiet:  # the monitor shows progress instead
+        for progress in (ProgressCallback, PrinterCallback, NotebookProgressCallback):
+            trainer.remove_callback(progress)
+    return trainer
+
+
+def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int = 8) -> float:
+    """Mean loss per trained token of `model` on `examples` (completion-only, no gradients).
+
+    Computes in the machine's training precision (bf16 autocast where native), like the
+    trainer's evaluation. Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit.formatting import collate, tokenize_examples
+    from ftkit.hardware import detect_hardware, pick_dtype
+
+    items = sorted(
+        tokenize_examples(examples, tokenizer, max_length), key=lambda i: len(i.input_ids)
+    )
+    device = next(model.parameters()).device
+    dtype = pick_dtype(detect_hardware())
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start : start + batch_size], tokenizer)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            loss, n, _ = causal_lm_loss(model, batch, labelled_only=False)
+            total, count = total + float(loss), count + int(n)
+    model.train(was_training)
+    return total / max(count, 1)

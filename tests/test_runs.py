@@ -1,0 +1,196 @@
+"""Run folders: what a run leaves behind, reloading it (in a fresh process, or an earlier
+checkpoint), merging and exporting it, and resuming after a SIGKILL to the same adapter."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftkit.data import save_examples
+from ftkit.generation import generate_replies
+from ftkit.models import load_model
+from ftkit.plots import plot_losses, plot_runs
+from ftkit.runs import (
+    RunError,
+    last_checkpoint,
+    list_runs,
+    load_run,
+    merge_and_export,
+    open_run_dir,
+)
+from ftkit.splits import load_dataset_splits
+from ftkit.trainer import loss_on
+from ftkit.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset_splits("support_tickets")
+
+
+@pytest.fixture(scope="module")
+def trained(splits, tmp_path_factory):
+    """A small QLoRA run with validation and checkpoints at steps 3 and 6."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(
+        batch_size=4, max_steps=6, lr=1e-3, warmup_ratio=0.0, logging_steps=1, eval_steps=3,
+        save_steps=3, runs_dir=str(runs_dir), run_name="v1",
+    )  # fmt: skip
+    result = train(config, list(splits["train"])[:12], list(splits["validation"])[:4])
+    return config, result
+
+
+def test_run_folder_holds_config_metrics_adapter_and_card(trained):
+    config, result = trained
+    folder = result.run_dir
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["config"] == asdict(config)
+    assert saved["data"]["train"]["examples"] == 12 and saved["data"]["validation"]["rows"] == 4
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+    assert lines == result.history
+    assert [r["step"] for r in lines if r["event"] == "eval"] == [3, 6]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in (folder / "adapter").iterdir()
+    }
+    card = (folder / "README.md").read_text()
+    for needle in ("HuggingFaceTB/SmolLM2-135M-Instruct", "12 examples", "| `lora_r` | `16` |",
+                   "val loss", "load_run(\"v1\"", "PeftModel.from_pretrained"):  # fmt: skip
+        assert needle in card, needle
+    assert json.loads((folder / "result.json").read_text())["status"] == "finished"
+
+
+def test_list_and_plot_runs(trained):
+    config, result = trained
+    [run] = list_runs(config.runs_dir)
+    assert run.name == "v1" and run.checkpoints == [3, 6] and "finished" in str(run)
+    figure = plot_runs([run, result])
+    assert len(figure.axes[0].get_lines()) >= 6  # train, validation and best, per run
+    best = min((r for r in result.history if r["event"] == "eval"), key=lambda r: r["val_loss"])
+    labels = [text.get_text() for text in plot_losses(result).axes[0].get_legend().get_texts()]
+    assert f"best: {best['val_loss']:.3f} at step {best['step']}" in labels
+
+
+def test_load_run_in_a_fresh_process_gives_the_same_model(trained, splits):
+    config, result = trained
+    examples = list(splits["train"])[:4]
+    here = loss_on(result.model, result.tokenizer, examples)
+    script = (
+        "import json, sys; from ftkit.runs import load_run; from ftkit.trainer import loss_on;"
+        "from ftkit.splits import load_dataset_splits;"
+        f"run = load_run('v1', runs_dir={config.runs_dir!r});"
+        "examples = list(load_dataset_splits()['train'])[:4];"
+        "print(json.dumps({'loss': loss_on(run.model, run.tokenizer, examples),"
+        " 'method': run.config.method}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert there["method"] == "qlora"
+    assert there["loss"] == pytest.approx(here, rel=0.01)
+
+
+def test_an_earlier_checkpoint_can_be_loaded(trained, splits):
+    config, result = trained
+    earlier = load_run("v1", runs_dir=config.runs_dir, checkpoint=3)
+    examples = list(splits["train"])[:4]
+    final = loss_on(result.model, result.tokenizer, examples)
+    assert loss_on(earlier.model, earlier.tokenizer, examples) > final  # 3 steps less trained
+    with pytest.raises(RunError, match=r"no checkpoint 4; it has \[3, 6\]"):
+        load_run("v1", runs_dir=config.runs_dir, checkpoint=4)
+
+
+def test_merged_export_matches_the_adapter(trained, splits, tmp_path):
+    """Merged into a 16-bit base, W + BA is rounded to bf16, so the export is close to, not
+    identical with, the adapter on a 16-bit base (greedy tokens of a lightly trained adapter
+    can flip). Merged in fp32, greedy generations are identical."""
+    config, _ = trained
+    out = merge_and_export("v1", tmp_path / "merged", runs_dir=config.runs_dir)
+    assert any(out.glob("*.safetensors")) and (out / "tokenizer.json").is_file()
+    merged, tokenizer = load_model(str(out))
+    adapter = load_run("v1", runs_dir=config.runs_dir, quantization=None)  # on a 16-bit base
+    assert merged.dtype == adapter.model.dtype == torch.bfloat16
+    examples = list(splits["validation"])[:8]
+    base = loss_on(load_model()[0], tokenizer, examples)
+    exported, unmerged = (loss_on(m, tokenizer, examples) for m in (merged, adapter.model))
+    assert abs(exported - unmerged) < 0.1 * abs(base - unmerged)
+    out32 = merge_and_export("v1", tmp_path / "merged32", runs_dir=config.runs_dir,
+                             dtype=torch.float32)  # fmt: skip
+    merged32, _ = load_model(str(out32), dtype="fp32")
+    adapter32 = load_run("v1", runs_dir=config.runs_dir, quantization=None, dtype="fp32")
+    prompts = [example.messages[:-1] for example in list(splits["test"])[:3]]
+    ours = generate_replies(merged32, tokenizer, prompts, max_new_tokens=24)
+    theirs = generate_replies(adapter32.model, tokenizer, prompts, max_new_tokens=24)
+    assert [r.text for r in ours] == [r.text for r in theirs]
+
+
+def test_a_taken_run_name_is_refused_unless_resuming_or_overwriting(trained):
+    config, _ = trained
+    with pytest.raises(RunError, match=r"already exists.*resume=True.*overwrite=True"):
+        open_run_dir(config, resume=False)
+    with pytest.raises(RunError, match=r"different config \(lr: 0.001 -> 0.01\)"):
+        open_run_dir(replace(config, lr=0.01), resume=True)
+    with pytest.raises(RunError, match=r"already ended \(finished\); there is nothing to resume"):
+        open_run_dir(config, resume=True)
+
+
+def test_last_checkpoint_skips_one_killed_mid_save(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+    started = time.monotonic()
+    while not path.is_file():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() - started < timeout, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
+    """Kill a real training process after its step-4 checkpoint; resume; compare with a run
+    that was never interrupted: same per-step losses after the resume (so the data position
+    was restored, not just the weights) and the same final adapter."""
+    data = save_examples(list(splits["train"])[:40], tmp_path / "train.jsonl")
+    settings = {"batch_size": 4, "max_steps": 8, "save_steps": 2, "logging_steps": 1,
+                "eval_steps": None, "lr": 1e-3, "runs_dir": str(tmp_path / "runs")}  # fmt: skip
+    killed = TrainConfig(**settings, run_name="killed")
+    (tmp_path / "cfg.json").write_text(json.dumps(asdict(killed)))
+    command = [sys.executable, "-m", "ftkit.training", "--config", str(tmp_path / "cfg.json"),
+               "--train", str(data)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_for(tmp_path / "runs/killed/checkpoints/checkpoint-4/trainer_state.json", process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (tmp_path / "runs/killed/adapter").exists()  # it really died mid-run
+    examples = list(splits["train"])[:40]
+    resumed = train(killed, examples, resume=True)
+    straight = train(TrainConfig(**settings, run_name="straight"), examples)
+    assert resumed.steps == straight.steps == 8
+    losses = {r["step"]: r["loss"] for r in resumed.history if r["event"] == "train"}
+    reference = {r["step"]: r["loss"] for r in straight.history if r["event"] == "train"}
+    assert sorted(losses) == list(range(1, 9))  # nothing logged twice, nothing missing
+    for step in range(5, 9):
+        assert losses[step] == pytest.approx(reference[step], rel=1e-3), step
+    ours = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    for name, tensor in theirs.items():
+        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name

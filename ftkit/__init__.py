@@ -12,9 +12,11 @@ from ftkit.catalog import (
     get_model_info,
     list_models,
 )
+from ftkit.comparison import Comparison, compare, learning_curve
 from ftkit.data import Example, Examples, load_examples, save_examples
 from ftkit.doctor import doctor, package_versions
 from ftkit.estimates import TokenStats, estimate_training_time, measure_throughput, token_stats
+from ftkit.evaluation import Approach, ApproachResult, standard_approaches, task_system_prompt
 from ftkit.formatting import (
     PackedSequence,
     TokenizedExample,
@@ -34,8 +36,10 @@ from ftkit.models import (
     keep_4bit_trainable,
     load_model,
 )
+from ftkit.runs import Run, list_runs, load_run, merge_and_export
 from ftkit.shapes import FORMATS, to_format
 from ftkit.splits import check_splits, find_overlap, load_dataset_splits, split_examples
+from ftkit.training import TrainConfig, TrainResult, train
 from ftkit.validation import DataError, DataReport, Problem
 
 __version__ = "0.1.0"
@@ -46,6 +50,9 @@ __all__ = [
     "FORMATS",
     "GPU",
     "GPUS",
+    "Approach",
+    "ApproachResult",
+    "Comparison",
     "DataError",
     "DataReport",
     "Example",
@@ -58,13 +65,17 @@ __all__ = [
     "PackedSequence",
     "Problem",
     "Reply",
+    "Run",
     "TokenStats",
     "TokenizedExample",
+    "TrainConfig",
+    "TrainResult",
     "UnknownModelError",
     "__version__",
     "check_fit",
     "check_splits",
     "collate",
+    "compare",
     "detect_hardware",
     "doctor",
     "embedded_model_dir",
@@ -76,20 +87,27 @@ __all__ = [
     "get_gpu",
     "get_model_info",
     "keep_4bit_trainable",
+    "learning_curve",
     "list_models",
+    "list_runs",
     "load_dataset_splits",
     "load_examples",
     "load_model",
+    "load_run",
     "measure_throughput",
+    "merge_and_export",
     "pack",
     "package_versions",
     "pick_dtype",
     "render",
     "save_examples",
     "split_examples",
+    "standard_approaches",
+    "task_system_prompt",
     "to_format",
     "token_stats",
     "tokenize_example",
     "tokenize_examples",
+    "train",
     "verify_cache",
 ]

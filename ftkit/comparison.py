@@ -1,0 +1,265 @@
+"""Comparison: every approach on one split, the verdict, and how much data is needed.
+
+`compare` runs `ftkit.evaluation.evaluate_approach` for every approach on the same
+examples and returns a `Comparison`: the best prompting and the best fine-tuned approach
+on the primary metric, the margin between them, a table with intervals, prompt tokens and
+latency, and JSON for the report. `learning_curve` trains the same recipe on nested
+subsets of the training data and scores each on the test examples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ftkit.evaluation import (
+    PRIMARY,
+    Approach,
+    ApproachResult,
+    evaluate_approach,
+    pick_shots,
+    restrict,
+)
+
+
+@dataclass
+class Comparison:
+    """Every approach's result on one split, and the verdict on the primary metric."""
+
+    results: dict[str, ApproachResult]  # approach name -> result, in the order run
+    primary: str = PRIMARY  # the metric the verdict is about
+    settings: dict = field(default_factory=dict)  # temperature, shots, max_new_tokens, ...
+
+    def __getitem__(self, name: str) -> ApproachResult:
+        return self.results[name]
+
+    @property
+    def best_prompting(self) -> ApproachResult:
+        """The base-model approach with the highest primary score."""
+        return max(self._where(prompting=True), key=lambda r: r.scores[self.primary])
+
+    @property
+    def best_finetuned(self) -> ApproachResult:
+        """The fine-tuned approach with the highest primary score."""
+        return max(self._where(prompting=False), key=lambda r: r.scores[self.primary])
+
+    @property
+    def margin(self) -> float:
+        """Best fine-tuned minus best prompting, on the primary metric (a share; x100: points)."""
+        return self.best_finetuned.scores[self.primary] - self.best_prompting.scores[self.primary]
+
+    def _where(self, prompting: bool) -> list[ApproachResult]:
+        chosen = [r for r in self.results.values() if r.approach.prompting == prompting]
+        if not chosen:
+            kind = "prompting" if prompting else "fine-tuned"
+            raise ValueError(f"This comparison has no {kind} approach.")
+        return chosen
+
+    def rows(self, metrics: Sequence[str] | None = None) -> list[dict]:
+        """One dict per approach: scores (in points), intervals, tokens and latency.
+
+        Taught in notebooks/04_prompt_vs_finetune.ipynb.
+        """
+        rows = []
+        for result in self.results.values():
+            keys = metrics or list(result.scores)
+            row = {"approach": result.name}
+            for key in keys:
+                low, high = result.intervals.get(key, (float("nan"),) * 2)
+                row[key] = 100 * result.scores[key]
+                row[f"{key}_ci"] = (100 * low, 100 * high)
+            row |= {"prompt_tokens": result.prompt_tokens, "latency_ms": 1000 * result.latency_s}
+            rows.append(row)
+        return rows
+
+    def table_html(self, metrics: Sequence[str] | None = None) -> str:
+        """The comparison as an HTML table: points with 95% intervals, tokens, latency.
+
+        Taught in notebooks/04_prompt_vs_finetune.ipynb.
+        """
+        import html
+
+        metrics = list(metrics or [self.primary, "json_validity", *_accuracies(self)])
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+        body = []
+        best = self.best_finetuned.name, self.best_prompting.name
+        for row in self.rows(metrics):
+            cells = "".join(
+                f"<td>{row[m]:.1f} <small>[{row[m + '_ci'][0]:.1f}, {row[m + '_ci'][1]:.1f}]"
+                "</small></td>"
+                for m in metrics
+            )
+            weight = "font-weight:bold" if row["approach"] in best else ""
+            body.append(
+                f"<tr style='{weight}'><td>{html.escape(row['approach'])}</td>{cells}"
+                f"<td>{row['prompt_tokens']:.0f}</td><td>{row['latency_ms']:.0f}</td></tr>"
+            )
+        return (
+            "<table><tr><th>approach</th>" + head + "<th>prompt tokens</th><th>latency (ms)</th>"
+            "</tr>" + "".join(body) + "</table><p><small>Scores in points (% of test examples) "
+            "with bootstrap 95% intervals; latency per request, one at a time.</small></p>"
+        )
+
+    def to_json(self, path: str | Path) -> Path:
+        """Save scores, costs and every prediction as JSON (the report reads it).
+
+        Taught in notebooks/04_prompt_vs_finetune.ipynb.
+        """
+        data = {
+            "primary": self.primary,
+            "settings": self.settings,
+            "results": [
+                {
+                    "approach": vars(r.approach),
+                    "scores": r.scores,
+                    "intervals": r.intervals,
+                    "prompt_tokens": r.prompt_tokens,
+                    "new_tokens": r.new_tokens,
+                    "latency_s": r.latency_s,
+                    "batch_seconds_per_request": r.batch_seconds_per_request,
+                    "predictions": [vars(p) for p in r.predictions],
+                }
+                for r in self.results.values()
+            ],
+        }
+        path = Path(path)
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+
+def compare(
+    model,
+    tokenizer,
+    examples: Sequence,
+    approaches: Iterable[Approach],
+    shot_pool: Sequence = (),
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    latency_sample: int = 8,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = print,
+) -> Comparison:
+    """Evaluate every approach on the same examples; see `Comparison` for the verdict.
+
+    `model` is the fine-tuned PeftModel (its adapter is switched off for base approaches).
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    approaches = list(approaches)
+    results = {}
+    for approach in approaches:
+        started = time.perf_counter()
+        result = evaluate_approach(
+            model, tokenizer, examples, approach, shot_pool, max_new_tokens, temperature,
+            batch_size, latency_sample, n_resamples, seed,
+        )  # fmt: skip
+        results[approach.name] = result
+        if progress:
+            progress(
+                f"{approach.name}: {PRIMARY} {100 * result.scores[PRIMARY]:.1f} points, "
+                f"{result.prompt_tokens:.0f} prompt tokens, {1000 * result.latency_s:.0f} ms "
+                f"per request ({time.perf_counter() - started:.0f} s)"
+            )
+    settings = {"examples": len(examples), "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "seed": seed, "batch_size": batch_size}  # fmt: skip
+    return Comparison(results, settings=settings)
+
+
+def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
+    """The same approaches with the few-shot one re-set to `shots` examples (renamed).
+
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    changed = []
+    for approach in approaches:
+        if approach.shots:
+            name = approach.name.replace(f"{approach.shots}-shot", f"{shots}-shot")
+            approach = replace(approach, name=name, shots=shots)
+        changed.append(approach)
+    return changed
+
+
+def _accuracies(comparison: Comparison) -> list[str]:
+    first = next(iter(comparison.results.values()))
+    return [k for k in first.scores if k.endswith("_accuracy")]
+
+
+# --- how much data do I need? ------------------------------------------------------------
+
+
+@dataclass
+class CurvePoint:
+    """The fine-tune trained on `examples` training examples, scored on the test split."""
+
+    examples: int  # training examples used
+    metric: str  # the metric scored (the primary one)
+    score: float  # its value (a share)
+    interval: tuple[float, float]  # bootstrap 95% interval
+    seconds: float  # training and evaluation time of this point
+    run_dir: str | None = None  # the run folder of this point's training
+
+
+def subsample(examples: Sequence, n: int, seed: int = 0, label: str = "category") -> list:
+    """n examples, stratified by `label` so small subsets still show every category.
+
+    Nested: the first 25 of a seed are among its first 50, so a learning curve adds data
+    rather than swapping it. Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    examples = list(examples)
+    if n >= len(examples):
+        return examples
+    return pick_shots(examples, n, seed, label)
+
+
+def learning_curve(
+    sizes: Sequence[int],
+    config,
+    train_examples: Sequence,
+    test_examples: Sequence,
+    tokenizer=None,
+    approach: Approach | None = None,
+    known: dict | None = None,
+    max_new_tokens: int = 64,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = print,
+) -> list[CurvePoint]:
+    """Train the same recipe on nested subsets of `sizes` examples; score each on the test set.
+
+    `config` (a `TrainConfig`) is the recipe: every point gets the same epochs, lr and
+    schedule, only less data (so small subsets also get fewer steps, as they would for a
+    learner). `known` maps a size to an `ApproachResult` already measured (the full run of
+    the comparison): its answers to `test_examples` are scored rather than trained again.
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    from ftkit.training import train
+
+    approach = approach or Approach("fine-tuned", model="finetuned")
+    known = dict(known or {})
+    points = []
+    for size in sorted(sizes):
+        started = time.perf_counter()
+        if size in known:  # scored again on exactly these test examples
+            result, run_dir = restrict(known[size], test_examples, n_resamples, seed), None
+        else:
+            subset = subsample(train_examples, size, seed)
+            name = f"{config.run_name or 'curve'}-{len(subset)}"
+            trained = train(replace(config, run_name=name, overwrite=True), subset)
+            result = evaluate_approach(
+                trained.model, trained.tokenizer, test_examples, approach,
+                max_new_tokens=max_new_tokens, latency_sample=0, n_resamples=n_resamples,
+                seed=seed,
+            )  # fmt: skip
+            run_dir = str(trained.run_dir)
+            del trained
+        point = CurvePoint(size, PRIMARY, result.scores[PRIMARY], result.intervals[PRIMARY],
+                           time.perf_counter() - started, run_dir)  # fmt: skip
+        points.append(point)
+        if progress:
+            progress(f"{size} examples: {PRIMARY} {100 * point.score:.1f} points "
+                     f"({point.seconds:.0f} s)")  # fmt: skip
+    return points

@@ -229,7 +229,9 @@ def evaluate_approach(
     """Generate `approach`'s answers for every example, score them and measure their cost.
 
     `model` is the fine-tuned PeftModel: base approaches run it with the adapter off.
-    Latency is measured one request at a time on the first `latency_sample` examples.
+    Batches read a shared system prompt and shots once (`generate_replies(share_prefix=True)`);
+    latency is measured one request at a time, without that sharing, on the first
+    `latency_sample` examples: what one user waits for.
     Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     examples = list(examples)
@@ -250,7 +252,7 @@ def evaluate_approach(
             chunk = order[start : start + batch_size]
             batch = generate_replies(model, tokenizer, [prompts[i] for i in chunk],
                                      max_new_tokens=max_new_tokens, temperature=temperature,
-                                     batch_size=batch_size)  # fmt: skip
+                                     batch_size=batch_size, share_prefix=True)  # fmt: skip
             for i, reply in zip(chunk, batch, strict=True):
                 replies[i] = reply
             if progress:

@@ -108,6 +108,20 @@ def test_batched_generation_matches_one_at_a_time(splits):
     assert len({r.prompt_tokens for r in batched}) > 1  # really different lengths
 
 
+def test_a_shared_prefix_is_read_once_with_the_same_replies(splits):
+    """share_prefix=True computes the system prompt's (and the shots') cache once per batch;
+    in fp32 the replies are exactly those of the plain batch, prompt token counts too."""
+    model, tokenizer = load_model(dtype="fp32")
+    prompts = [e.messages[:-1] for e in list(splits["test"])[8:12]]
+    system = task_system_prompt()
+    plain = generate_replies(model, tokenizer, prompts, system, max_new_tokens=24, batch_size=4)
+    shared = generate_replies(model, tokenizer, prompts, system, max_new_tokens=24, batch_size=4,
+                              share_prefix=True)  # fmt: skip
+    assert [r.text for r in shared] == [r.text for r in plain]
+    assert [r.prompt_tokens for r in shared] == [r.prompt_tokens for r in plain]
+    assert min(r.prompt_tokens for r in plain) > 500  # the prefix really is long
+
+
 def test_shots_cover_the_categories_and_come_first(splits):
     train = list(splits["train"])
     shots = pick_shots(train, 6, seed=1)

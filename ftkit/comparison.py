@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftkit.evaluation import (
@@ -113,14 +113,14 @@ class Comparison:
             "settings": self.settings,
             "results": [
                 {
-                    "approach": vars(r.approach),
+                    "approach": asdict(r.approach),
                     "scores": r.scores,
                     "intervals": r.intervals,
                     "prompt_tokens": r.prompt_tokens,
                     "new_tokens": r.new_tokens,
                     "latency_s": r.latency_s,
                     "batch_seconds_per_request": r.batch_seconds_per_request,
-                    "predictions": [vars(p) for p in r.predictions],
+                    "predictions": [asdict(p) for p in r.predictions],
                 }
                 for r in self.results.values()
             ],

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from ftkit.generation import Messages, generate_replies, parse_json
 
@@ -125,10 +126,17 @@ class Prediction:
     new_tokens: int  # tokens generated
     parsed: dict | None = None  # the output as a JSON object, if it is one
 
+    @cached_property
+    def _reference_fields(self) -> dict:
+        return parse_json(self.reference) or {}
+
+    def expected(self, name: str) -> str:
+        """The reference's `name` field, as a string ("None" if the reference has none)."""
+        return str(self._reference_fields.get(name))
+
     def field_right(self, name: str) -> bool:
         """Whether the answer's `name` field equals the reference's."""
-        reference = parse_json(self.reference) or {}
-        return self.parsed is not None and str(self.parsed.get(name)) == str(reference.get(name))
+        return self.parsed is not None and str(self.parsed.get(name)) == self.expected(name)
 
 
 @dataclass

@@ -109,6 +109,7 @@ def _generate_batch(
     sampling = (
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )
+    stops = torch.tensor(stop_token_ids(tokenizer), device=model.device)
     started = time.perf_counter()
     with torch.inference_mode(), fast_4bit_generation(model):
         cache = _shared_prefix(model, input_ids[:1, :prefix], len(prompts)) if prefix else None
@@ -116,7 +117,7 @@ def _generate_batch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            eos_token_id=stop_token_ids(tokenizer),
+            eos_token_id=stops.tolist(),
             pad_token_id=pad,
             **({"past_key_values": cache} if cache is not None else {}),
             **sampling,
@@ -128,7 +129,7 @@ def _generate_batch(
             prompt,
             tokenizer.decode(row, skip_special_tokens=True).strip(),
             len(prompt_ids),
-            _count_new(row, tokenizer),
+            _count_new(row, stops),
             seconds,
         )
         for prompt, row, prompt_ids in zip(prompts, new, ids, strict=True)
@@ -159,10 +160,9 @@ def _shared_prefix(model, prefix_ids: torch.Tensor, batch: int):
     return cache
 
 
-def _count_new(row: torch.Tensor, tokenizer) -> int:
+def _count_new(row: torch.Tensor, stops: torch.Tensor) -> int:
     """Generated tokens up to and including the first stop token (the rest is padding)."""
-    stops = torch.isin(row, torch.tensor(stop_token_ids(tokenizer), device=row.device))
-    hits = stops.nonzero()
+    hits = torch.isin(row, stops).nonzero()
     return int(hits[0]) + 1 if len(hits) else int(row.numel())
 
 

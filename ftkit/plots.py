@@ -335,11 +335,10 @@ def plot_confusion(result, field: str = "category", ax: Axes | None = None) -> F
     or a value outside the reference labels, gets its own column). Taught in
     notebooks/04_prompt_vs_finetune.ipynb.
     """
-    from ftkit.generation import parse_json
 
     pairs = []
     for prediction in result.predictions:
-        truth = str((parse_json(prediction.reference) or {}).get(field))
+        truth = prediction.expected(field)
         answer = prediction.parsed.get(field) if prediction.parsed else None
         pairs.append((truth, "<invalid>" if answer is None else str(answer)))
     labels = sorted({truth for truth, _ in pairs})

@@ -8,15 +8,9 @@ Every control is an attribute (`picker.gpu`, `monitor.stop_button`, `comparator.
 - `compare`: `Comparator`, `ErrorBrowser`, `ComparisonControls` (notebook 04).
 """
 
-from ftkit.widgets.compare import (
-    Comparator,
-    ComparisonControls,
-    ErrorBrowser,
-    answer_html,
-    show_figure,
-)
+from ftkit.widgets.compare import Comparator, ComparisonControls, ErrorBrowser, answer_html
 from ftkit.widgets.monitor import TrainingMonitor
-from ftkit.widgets.picker import ModelPicker, model_picker, replies_table
+from ftkit.widgets.picker import ModelPicker, model_picker, replies_table, show_figure
 
 __all__ = [
     "Comparator",

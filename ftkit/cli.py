@@ -1,7 +1,9 @@
 """The `ftkit` command: `ftkit doctor`, `ftkit prepare`, `ftkit run`.
 
 A thin layer over the package for people who prefer a terminal (and for the
-README's main job). Every command is a function you can also call from Python.
+README's main job). Every command is a function you can also call from Python:
+`ftkit run` is `ftkit.runner.run_series`, which executes the notebooks, prints a
+line per section, and writes the executed copies and report.html to `--out`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ftkit.runner import run_series
+    from ftkit.runner import NotebookFailed, run_series
 
     parameters = {"MODEL": args.model} if args.model else None
-    run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters)
+    try:
+        run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters)
+    except (NotebookFailed, FileNotFoundError) as error:
+        print(f"[ftkit] {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -47,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_prepare)
     run = commands.add_parser("run", help="execute the notebook series headless")
     run.add_argument("--mode", choices=("full", "smoke"), default="full")
-    run.add_argument("--out", default="build", help="folder for the executed notebooks")
+    run.add_argument(
+        "--out", default="build", help="folder for the executed notebooks and report.html"
+    )
     run.add_argument("--model", default=None, help="override the notebooks' MODEL knob")
     run.add_argument("notebooks", nargs="*", help="prefixes such as 01 02 (default: all)")
     run.set_defaults(handler=_run)

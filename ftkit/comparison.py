@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftkit.evaluation import (
+    LABEL_FIELDS,
     PRIMARY,
     Approach,
     ApproachResult,
+    Prediction,
     evaluate_approach,
     pick_shots,
     restrict,
@@ -103,6 +105,35 @@ class Comparison:
             "with bootstrap 95% intervals; latency per request, one at a time.</small></p>"
         )
 
+    def samples_html(self, n: int = 4) -> str:
+        """The first `n` test tickets side by side: the reference and every approach's answer.
+
+        Model output is escaped, shown as text and never rendered as HTML. An answer with
+        every label field right is green, one with some right amber, none right red.
+        Taught in notebooks/04_prompt_vs_finetune.ipynb.
+        """
+        import html
+
+        results = list(self.results.values())
+        answers = [{p.id: p for p in r.predictions} for r in results]
+        names = ["reference", *(r.name for r in results)]
+        head = "".join(f"<th style='text-align:left'>{html.escape(name)}</th>" for name in names)
+        rows = []
+        for first in results[0].predictions[:n]:
+            ticket = first.question if len(first.question) <= 300 else first.question[:300] + "..."
+            rows.append(
+                f"<tr><td colspan='{len(results) + 1}' style='text-align:left'><b>"
+                f"{html.escape(first.id)}</b>: {html.escape(ticket)}</td></tr>"
+            )
+            cells = [_answer_cell(by_id.get(first.id)) for by_id in answers]
+            rows.append(f"<tr>{_answer_cell(first, reference=True)}{''.join(cells)}</tr>")
+        return (
+            f"<table><tr>{head}</tr>{''.join(rows)}</table><p><small>Each ticket, then the "
+            "expected answer and every approach's answer. "
+            f"Green: all {len(LABEL_FIELDS)} label fields right; amber: some; red: none."
+            "</small></p>"
+        )
+
     def to_json(self, path: str | Path) -> Path:
         """Save scores, costs and every prediction as JSON (the report reads it).
 
@@ -181,6 +212,27 @@ def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
             approach = replace(approach, name=name, shots=shots)
         changed.append(approach)
     return changed
+
+
+_PRE = "white-space:pre-wrap;margin:0;font-size:85%;background:none;color:inherit"
+
+
+def _answer_cell(prediction: Prediction | None, reference: bool = False) -> str:
+    """One answer as an escaped, coloured table cell (the reference is left uncoloured)."""
+    import html
+
+    if prediction is None:
+        return "<td>(no answer)</td>"
+    if reference:
+        text = html.escape(prediction.reference)
+        return f"<td style='text-align:left'><pre style='{_PRE}'>{text}</pre></td>"
+    right = sum(prediction.field_right(name) for name in LABEL_FIELDS)
+    colour = "#d7f0d8" if right == len(LABEL_FIELDS) else "#fbe3b8" if right else "#f6d0d0"
+    return (
+        f"<td style='text-align:left;background:{colour};color:#222'><pre style='{_PRE}'>"
+        f"{html.escape(prediction.output)}</pre><small>{right}/{len(LABEL_FIELDS)} labels "
+        "right</small></td>"
+    )
 
 
 def _accuracies(comparison: Comparison) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,3 +43,19 @@ def embedded_dir():
 def model_and_tokenizer(embedded_dir):
     """The embedded model in the machine's compute dtype (bf16 on this CPU), eval mode."""
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def smoke_series(tmp_path_factory):
+    """The whole series run once in smoke mode by the main job's own code (`run_series`):
+    executed notebooks, progress lines and the HTML report in one build folder.
+
+    tests/test_notebooks.py checks what each notebook shows, tests/test_report.py the
+    progress lines and the report: one execution (several minutes) serves both.
+    """
+    from ftkit.runner import run_series
+
+    out = tmp_path_factory.mktemp("build")
+    lines: list[str] = []
+    runs = run_series(out, mode="smoke", log=lines.append)
+    return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines)

@@ -70,17 +70,28 @@ EXPECTED = {
 }
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", series_notebooks() + SOLUTIONS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(path, tmp_path):
-    run = run_notebook(path, tmp_path / path.name, mode="smoke", log=lambda _: None)
-    executed = nbformat.read(run.output, as_version=4)
+def _check(name: str, executed) -> None:
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = _outputs(executed)
-    assert path.stem in EXPECTED, f"say in EXPECTED what {path.name} must show"
-    for marker in EXPECTED[path.stem]:
-        assert marker in text, f"{path.name} should show {marker!r}"
-    if path.stem.endswith("_solutions"):
-        assert text.count("<b>Correct.</b>") == len(EXPECTED[path.stem])
+    assert name in EXPECTED, f"say in EXPECTED what {name}.ipynb must show"
+    for marker in EXPECTED[name]:
+        assert marker in text, f"{name}.ipynb should show {marker!r}"
+    if name.endswith("_solutions"):
+        assert text.count("<b>Correct.</b>") == len(EXPECTED[name])
         assert "Not yet" not in text
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", series_notebooks(), ids=lambda p: p.stem)
+def test_series_notebook_runs_in_smoke_mode(path, smoke_series):
+    """The series as the main job runs it (one `run_series` for all four notebooks)."""
+    run = smoke_series.runs[path.name[:2]]
+    _check(path.stem, nbformat.read(run.output, as_version=4))
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solutions_notebook_runs_in_smoke_mode(path, tmp_path):
+    run = run_notebook(path, tmp_path / path.name, mode="smoke", log=lambda _: None)
+    _check(path.stem, nbformat.read(run.output, as_version=4))

@@ -321,10 +321,6 @@ def load_run(
         run.model, run.tokenizer = load_model(str(where))
         return run
     base, run.tokenizer = load_model(run.config.model, quantization=quantization, dtype=dtype)
-    if quantization == "nf4":  # as in training: peft's k-bit preparation (fp32 norms)
-        from peft import prepare_model_for_kbit_training
-
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     run.model = PeftModel.from_pretrained(base, str(where))
     run.model.eval()
     return run

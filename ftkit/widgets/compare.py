@@ -70,6 +70,11 @@ class Comparator(w.VBox):
         self.compare_button.on_click(lambda _: self.run())
         super().__init__([self.picker, self.text, w.HBox([self.compare_button, self.status]),
                           self.answers])  # fmt: skip
+        # Stable CSS classes, so a browser test (tests/test_browser.py) can find each part.
+        for widget, name in ((self, ""), (self.picker, "-picker"), (self.text, "-input"),
+                             (self.compare_button, "-button"), (self.status, "-status"),
+                             (self.answers, "-answers")):  # fmt: skip
+            widget.add_class(f"ftkit-comparator{name}")
         if options:
             self._fill(0)
 

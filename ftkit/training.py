@@ -35,7 +35,7 @@ import torch
 
 from ftkit.callbacks import StopControl, stop_on_interrupt
 from ftkit.faults import TrainingError, divergence_advice, oom_advice, prepare_data
-from ftkit.hardware import HardwareInfo, detect_hardware
+from ftkit.hardware import HardwareInfo, detect_hardware, return_freed_memory
 from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model
 from ftkit.trainer import TrainingDiverged, build_trainer
 
@@ -275,6 +275,8 @@ def train(
     run_dir = runs.open_run_dir(config, resume)
     config = replace(config, run_name=run_dir.name)
     precision = choose_precision(detect_hardware(), config.precision, config.optimizer)
+    if precision.device == "cpu":
+        return_freed_memory()  # a quarter less peak memory: see ftkit.hardware
     if model is None:
         model, tokenizer = load_for_training(config, precision)
     train_items = prepare_data(train_examples, tokenizer, config, "train")

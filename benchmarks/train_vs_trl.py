@@ -1,0 +1,428 @@
+"""ftkit's training against TRL's `SFTTrainer` on the same run, side by side, in one invocation.
+
+    .venv/bin/python benchmarks/train_vs_trl.py                 # QLoRA and LoRA, one round each
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 2 --limit 256
+
+What is the same for both trainers: the embedded SmolLM2-135M-Instruct (loaded by
+`ftkit.training.load_for_training`, NF4 for QLoRA), the shipped support-ticket training split
+tokenized once by ftkit (TRL gets the token ids and the completion mask, so both train on
+exactly the same tokens with the same labels), LoRA r=16 / alpha 32 / dropout 0.05 on all
+linear layers, bf16 autocast where the CPU has it, batch 8, one epoch, lr 1e-3 with the same
+schedule and warm-up, seed 0, no packing, no gradient checkpointing, no evaluation or
+checkpoints during training. Each run is a separate process (the parent reads its peak
+resident memory from the operating system with `wait4`), and the trainers alternate
+(ftkit, TRL, TRL, ftkit, ...) so a machine that slows down over time hurts neither more.
+
+Measured per run: trained tokens per second (padding included), non-padding tokens per
+second, peak RSS, the last logged training loss, and the validation loss of the trained
+adapter (ftkit.trainer.loss_on, the same function for both). Measured once: fp32 and bf16
+matmul throughput (2048 x 2048), which turns tokens per second into model-FLOPs utilisation
+(LoRA: about 4 N FLOPs per token, N the model's parameters), and evaluation speed: greedy
+generation for test tickets one at a time against batched (fp32, outputs compared).
+
+Writes benchmarks/results/train_vs_trl.json, a plot next to it, and prints a Markdown
+table for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TRAINERS = ("ftkit", "trl")
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+BATCH, EPOCHS, LR, SEED, LOG_EVERY = 8, 1.0, 1e-3, 0, 5
+
+
+def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
+    """Sustained n x n matmul throughput of this machine in GFLOP/s (best of short bursts)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class _Meter:
+    """A transformers callback timing the training loop, and a counter of the tokens fed."""
+
+    def __init__(self) -> None:
+        self.started = self.ended = 0.0
+        self.padded = self.real = 0  # tokens in the batches, with and without padding
+
+    def add(self, tensors: dict) -> dict:
+        """Count one collated batch (and pass it on)."""
+        self.padded += int(tensors["input_ids"].numel())
+        self.real += int(tensors["attention_mask"].sum())
+        return tensors
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ended = time.perf_counter()
+
+    def __getattr__(self, name: str):  # every other event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+def _data(limit: int | None):
+    from ftkit.splits import load_dataset_splits
+
+    splits = load_dataset_splits("support_tickets")
+    return list(splits["train"])[:limit], list(splits["validation"])
+
+
+def _config(method: str):
+    from ftkit.training import TrainConfig
+
+    return TrainConfig(
+        method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        num_epochs=EPOCHS, lr=LR, batch_size=BATCH, logging_steps=LOG_EVERY, eval_steps=None,
+        save_steps=10**6, seed=SEED, run_name=f"bench-{method}", overwrite=True,
+    )  # fmt: skip
+
+
+def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
+    from dataclasses import replace
+
+    from ftkit import trainer as ftkit_trainer
+    from ftkit.training import train as ftkit_train
+
+    collate = ftkit_trainer.Collator.__call__  # count the batches ftkit's collator builds
+    ftkit_trainer.Collator.__call__ = lambda self, batch: meter.add(collate(self, batch))
+    config = replace(config, runs_dir=str(runs_dir))
+    result = ftkit_train(config, train, None, model=model, tokenizer=tokenizer, callbacks=[meter])
+    losses = [r["loss"] for r in result.history if r["event"] == "train"]
+    return result.model, losses
+
+
+def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from ftkit.faults import prepare_data
+
+    items = prepare_data(train, tokenizer, config, "train")  # the tokens ftkit trains on
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [item.input_ids for item in items],
+            "completion_mask": [[int(label != -100) for label in item.labels] for item in items],
+        }
+    )
+    args = SFTConfig(
+        output_dir=str(runs_dir / "trl"), per_device_train_batch_size=BATCH,
+        num_train_epochs=EPOCHS, learning_rate=LR, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm, bf16=_bf16(), use_cpu=True,
+        gradient_checkpointing=False, packing=False, completion_only_loss=True,
+        max_length=config.max_length, logging_steps=LOG_EVERY, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=SEED, data_seed=SEED,
+        dataset_num_proc=None, disable_tqdm=True,
+    )  # fmt: skip
+    lora = LoraConfig(
+        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=lora, callbacks=[meter],
+    )  # fmt: skip
+    collate = trainer.data_collator
+    trainer.data_collator = lambda batch: meter.add(collate(batch))
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return trainer.model, losses
+
+
+def _bf16() -> bool:
+    from ftkit.hardware import detect_hardware
+
+    return detect_hardware().bf16
+
+
+def worker(trainer: str, method: str, limit: int | None, out: Path) -> None:
+    """One training run in this process; writes its measurements as JSON to `out`."""
+    import tempfile
+
+    from ftkit.hardware import detect_hardware
+    from ftkit.models import quiet_bitsandbytes
+    from ftkit.trainer import loss_on
+    from ftkit.training import choose_precision, load_for_training
+
+    quiet_bitsandbytes()
+    train, validation = _data(limit)
+    config = _config(method)
+    precision = choose_precision(detect_hardware())
+    model, tokenizer = load_for_training(config, precision)
+    meter = _Meter()
+    run = _run_ftkit if trainer == "ftkit" else _run_trl
+    with tempfile.TemporaryDirectory() as runs_dir:
+        trained, losses = run(config, train, model, tokenizer, meter, Path(runs_dir))
+    seconds = meter.ended - meter.started
+    record = {
+        "trainer": trainer,
+        "method": method,
+        "precision": precision.name,
+        "examples": len(train),
+        "seconds": seconds,
+        "tokens": meter.padded,
+        "real_tokens": meter.real,
+        "tokens_per_second": meter.padded / seconds,
+        "real_tokens_per_second": meter.real / seconds,
+        "final_train_loss": losses[-1] if losses else None,
+        "val_loss": loss_on(trained, tokenizer, validation),
+        "parameters": _parameters(trained.get_base_model()),
+    }
+    out.write_text(json.dumps(record))
+
+
+def _parameters(model) -> int:
+    """The base model's parameter count (LoRA's excluded), 4-bit weights counted unpacked."""
+    import math
+
+    def count(p) -> int:
+        state = getattr(p, "quant_state", None)
+        return math.prod(state.shape) if state is not None else p.numel()
+
+    return sum(count(p) for name, p in model.named_parameters() if "lora_" not in name)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_worker(trainer: str, method: str, limit: int | None, out: Path) -> dict:
+    """Start a worker process and return its record plus its peak RSS read from the OS."""
+    command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
+    command += ["--out", str(out)]
+    if limit:
+        command += ["--limit", str(limit)]
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{trainer} {method} run failed (exit {process.returncode}).")
+    record = json.loads(out.read_text())
+    record["peak_rss_gib"] = usage.ru_maxrss / 2**20  # Linux reports KiB
+    return record
+
+
+def evaluation_speed(tickets: int, max_new_tokens: int) -> dict:
+    """Greedy replies to test tickets one at a time and batched (fp32), timed and compared."""
+    import torch
+
+    from ftkit.comparison import subsample
+    from ftkit.evaluation import Approach, build_prompt, task_system_prompt
+    from ftkit.generation import generate_replies
+    from ftkit.models import load_model
+    from ftkit.splits import load_dataset_splits
+
+    model, tokenizer = load_model(dtype=torch.float32)
+    approach = Approach("system prompt", system_prompt=task_system_prompt())
+    test = subsample(list(load_dataset_splits("support_tickets")["test"]), tickets)
+    prompts = [build_prompt(example, approach) for example in test]
+    timings, replies = {}, {}
+    for name, batch in (("one_at_a_time", 1), ("batched", len(prompts))):
+        started = time.perf_counter()
+        out = generate_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                               batch_size=batch, share_prefix=batch > 1)  # fmt: skip
+        timings[name] = time.perf_counter() - started
+        replies[name] = [reply.text for reply in out]
+    same = sum(a == b for a, b in zip(replies["one_at_a_time"], replies["batched"], strict=True))
+    return {
+        "tickets": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "one_at_a_time_seconds": timings["one_at_a_time"],
+        "batched_seconds": timings["batched"],
+        "speedup": timings["one_at_a_time"] / timings["batched"],
+        "identical_replies": same,
+    }
+
+
+def summarise(runs: list[dict], machine: dict) -> dict:
+    """Medians per trainer and method, MFU, and ftkit's ratios to TRL."""
+    peak = machine["bf16_gflops"] if runs and runs[0]["precision"] == "bf16" else None
+    peak = peak or machine["fp32_gflops"]
+    table: dict = {}
+    for record in runs:
+        table.setdefault(record["method"], {}).setdefault(record["trainer"], []).append(record)
+    summary = {}
+    for method, by_trainer in table.items():
+        rows = {}
+        for trainer, records in by_trainer.items():
+            keys = ("tokens_per_second", "real_tokens_per_second", "peak_rss_gib",
+                    "final_train_loss", "val_loss", "seconds")  # fmt: skip
+            row = {key: _median([r[key] for r in records]) for key in keys}
+            flops = 4 * records[0]["parameters"]
+            row["mfu"] = flops * row["real_tokens_per_second"] / (peak * 1e9)
+            row["runs"] = len(records)
+            rows[trainer] = row
+        if set(rows) == set(TRAINERS):
+            f, t = rows["ftkit"], rows["trl"]
+            rows["ratio"] = {
+                "speed": f["real_tokens_per_second"] / t["real_tokens_per_second"],
+                "memory": f["peak_rss_gib"] / t["peak_rss_gib"],
+                "val_loss_delta": f["val_loss"] - t["val_loss"],
+            }
+        summary[method] = rows
+    return summary
+
+
+def _median(values: list) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
+    """The results as the Markdown tables RESULTS.md holds."""
+    lines = [
+        "| method | trainer | tokens/s (all) | tokens/s (non-pad) | MFU | peak RSS GiB | "
+        "final train loss | val loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, rows in summary.items():
+        for trainer in TRAINERS:
+            if trainer in rows:
+                r = rows[trainer]
+                lines.append(
+                    f"| {method} | {trainer} | {r['tokens_per_second']:.0f} | "
+                    f"{r['real_tokens_per_second']:.0f} | {100 * r['mfu']:.0f}% | "
+                    f"{r['peak_rss_gib']:.2f} | {_loss(r['final_train_loss'])} | "
+                    f"{_loss(r['val_loss'])} |"
+                )
+        if "ratio" in rows:
+            q = rows["ratio"]
+            lines.append(
+                f"| {method} | **ftkit / TRL** | | **{q['speed']:.2f}x** | | "
+                f"**{q['memory']:.2f}x** | | {q['val_loss_delta']:+.3f} |"
+            )
+    lines.append("")
+    lines.append(
+        f"Matmul 2048x2048 on this machine: fp32 {machine['fp32_gflops']:.0f} GFLOP/s, "
+        f"bf16 {machine['bf16_gflops']:.0f} GFLOP/s (MFU is against the bf16 figure when "
+        "training runs in bf16)."
+    )
+    if evaluation:
+        e = evaluation
+        lines.append(
+            f"Evaluation speed ({e['tickets']} test tickets, up to {e['max_new_tokens']} new "
+            f"tokens, fp32): one at a time {e['one_at_a_time_seconds']:.0f} s, batched "
+            f"{e['batched_seconds']:.0f} s, **{e['speedup']:.1f}x**; identical greedy replies: "
+            f"{e['identical_replies']} of {e['tickets']}."
+        )
+    return "\n".join(lines)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Bars of non-padding tokens/s and peak RSS per method and trainer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in (
+        (axes[0], "real_tokens_per_second", "non-padding tokens / s (higher is better)"),
+        (axes[1], "peak_rss_gib", "peak RSS, GiB (lower is better)"),
+    ):
+        for i, trainer in enumerate(TRAINERS):
+            values = [summary[m].get(trainer, {}).get(key, 0) for m in methods]
+            xs = [j + (i - 0.5) * 0.38 for j in range(len(methods))]
+            bars = ax.bar(xs, values, width=0.36, label=trainer)
+            ax.bar_label(bars, fmt="%.1f" if key == "peak_rss_gib" else "%.0f", fontsize=8)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def versions() -> dict:
+    """Versions of what was measured."""
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "ftkit")
+    found = {name: md.version(name) for name in names}
+    return {"python": platform.python_version(), **found}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["qlora", "lora"])
+    parser.add_argument("--rounds", type=int, default=1, help="runs per trainer and method")
+    parser.add_argument("--limit", type=int, help="train on the first N examples only")
+    parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
+    parser.add_argument("--eval-new-tokens", type=int, default=48)
+    parser.add_argument("--out", default=str(RESULTS / "train_vs_trl.json"))
+    parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.worker:
+        worker(args.worker, args.methods[0], args.limit, out)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "cpu_cores": os.cpu_count(),
+        "fp32_gflops": matmul_gflops("float32"),
+        "bf16_gflops": matmul_gflops("bfloat16"),
+    }
+    print(f"[bench] matmul: {machine['fp32_gflops']:.0f} fp32 / {machine['bf16_gflops']:.0f} "
+          "bf16 GFLOP/s", flush=True)  # fmt: skip
+    runs = []
+    for round_ in range(args.rounds):
+        for method in args.methods:
+            order = TRAINERS if (round_ + len(runs) // 2) % 2 == 0 else TRAINERS[::-1]
+            for trainer in order:
+                print(f"[bench] round {round_ + 1}: {trainer} {method} ...", flush=True)
+                record = run_worker(trainer, method, args.limit, out.with_suffix(".run.json"))
+                print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
+                      f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
+                      flush=True)  # fmt: skip
+                runs.append(record)
+    out.with_suffix(".run.json").unlink(missing_ok=True)
+    evaluation = None
+    if args.eval_tickets:
+        print("[bench] evaluation speed ...", flush=True)
+        evaluation = evaluation_speed(args.eval_tickets, args.eval_new_tokens)
+    summary = summarise(runs, machine)
+    command = "python benchmarks/train_vs_trl.py " + " ".join(argv or sys.argv[1:])
+    results = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "versions": versions(), "machine": machine, "runs": runs,
+               "summary": summary, "evaluation": evaluation}  # fmt: skip
+    out.write_text(json.dumps(results, indent=2))
+    plot(summary, out.with_suffix(".png"))
+    print(markdown(summary, machine, evaluation))
+    print(f"[bench] wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -285,7 +285,8 @@ def learning_curve(
     `config` (a `TrainConfig`) is the recipe: every point gets the same epochs, lr and
     schedule, only less data (so small subsets also get fewer steps, as they would for a
     learner). `known` maps a size to an `ApproachResult` already measured (the full run of
-    the comparison): its answers to `test_examples` are scored rather than trained again.
+    the comparison): its answers to `test_examples` are scored rather than trained again. A
+    point whose run already exists unchanged (`ftkit.reuse`) is reused, not trained again.
     Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     from ftkit.training import train
@@ -300,7 +301,7 @@ def learning_curve(
         else:
             subset = subsample(train_examples, size, seed)
             name = f"{config.run_name or 'curve'}-{len(subset)}"
-            trained = train(replace(config, run_name=name, overwrite=True), subset)
+            trained = train(replace(config, run_name=name, overwrite=True), subset, reuse=True)
             result = evaluate_approach(
                 trained.model, trained.tokenizer, test_examples, approach,
                 max_new_tokens=max_new_tokens, latency_sample=0, n_resamples=n_resamples,

@@ -307,19 +307,41 @@ def load_model(
     hardware = detect_hardware()
     device = device or hardware.device
     dtype = pick_dtype(hardware) if dtype == "auto" else _as_dtype(dtype)
-    kind, where = resolve_model(name_or_path)
-    if kind == "embedded":
-        source = str(embedded_model_dir())
-    elif kind == "local":
-        _check_local_dir(Path(where))
-        source = where
-    else:
-        source = _hub_source(where)
+    source = model_source(name_or_path)
     started = time.perf_counter()
     model, tokenizer = _from_pretrained(source, quantization, dtype, device, trust_remote_code)
     model.eval()
     model.ftkit_load_seconds = time.perf_counter() - started  # shown in notebook 01
     return model, tokenizer
+
+
+def model_source(name_or_path: str | os.PathLike) -> str:
+    """The directory (or hub id) `from_pretrained` reads for a name: the embedded model's
+    converted cache, a checked local directory, or a cached or reachable hub snapshot.
+
+    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    """
+    kind, where = resolve_model(name_or_path)
+    if kind == "embedded":
+        return str(embedded_model_dir())
+    if kind == "local":
+        _check_local_dir(Path(where))
+        return where
+    return _hub_source(where)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = EMBEDDED_MODEL, trust_remote_code=False):
+    """The tokenizer of a model alone (no weights): for tokenizing before deciding to load.
+
+    Taught in notebooks/02_formatting_examples.ipynb.
+    """
+    from transformers import AutoTokenizer
+
+    source = model_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelLoadError(f"Could not load the tokenizer of {source!r}: {error}") from error
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

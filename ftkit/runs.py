@@ -128,8 +128,8 @@ def checkpoint_epoch(checkpoint: str | Path | None) -> float:
     return float(state.get("epoch") or 0.0)
 
 
-def write_config(run_dir: Path, config, train_items, val_items) -> None:
-    """Save config.json: the TrainConfig, what data it saw, and ftkit's version.
+def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str = "") -> None:
+    """Save config.json: the TrainConfig, what data it saw, ftkit's version, the fingerprint.
 
     Taught in notebooks/03_qlora_training.ipynb.
     """
@@ -144,6 +144,7 @@ def write_config(run_dir: Path, config, train_items, val_items) -> None:
         "data": data,
         "ftkit_version": __version__,
         "torch_version": torch.__version__,
+        "fingerprint": fingerprint,  # what decides the adapter, hashed: see ftkit.reuse
     }
     (run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
 

@@ -36,7 +36,7 @@ import torch
 from ftkit.callbacks import StopControl, stop_on_interrupt
 from ftkit.faults import TrainingError, divergence_advice, oom_advice, prepare_data
 from ftkit.hardware import HardwareInfo, detect_hardware, return_freed_memory
-from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model
+from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model, load_tokenizer
 from ftkit.trainer import TrainingDiverged, build_trainer
 
 METHODS = ("qlora", "lora", "full")
@@ -215,6 +215,7 @@ class TrainResult:
     tokens_per_second: float  # real (non-padding) tokens trained per second, evaluation excluded
     peak_memory_gb: float  # peak RSS of this process (CPU) or peak GPU memory allocated, GiB
     trainable_params: int  # parameters the optimizer updated
+    reused: bool = False  # True: an identical finished run, read back (its times, not this call's)
     model: object = field(default=None, repr=False)  # the trained model (a PeftModel for LoRA)
     tokenizer: object = field(default=None, repr=False)
 
@@ -225,8 +226,10 @@ class TrainResult:
         """
         val = f"{self.val_loss:.3f}" if self.val_loss is not None else "n/a"
         train = f"{self.train_loss:.3f}" if self.train_loss is not None else "n/a"
+        again = " (reused: an identical earlier run)" if self.reused else ""
         return (
-            f"{self.run_dir.name}: {self.status} after {self.steps} steps in {self.seconds:.0f} s; "
+            f"{self.run_dir.name}: {self.status} after {self.steps} steps in {self.seconds:.0f} s"
+            f"{again}; "
             f"train loss {train}, validation loss {val}; {self.tokens_per_second:.0f} tokens/s, "
             f"peak memory {self.peak_memory_gb:.2f} GiB; adapter in {self.adapter_dir}"
         )
@@ -248,6 +251,7 @@ def train(
     validation_examples=None,
     *,
     resume: bool = False,
+    reuse: bool = False,
     callbacks=(),
     monitor=None,
     model=None,
@@ -257,9 +261,12 @@ def train(
 
     `monitor` is a callback that also replaces the progress bar (the notebook's
     `TrainingMonitor`); `model`/`tokenizer` reuse a base model already loaded as the config
-    says. `resume=True` continues the run `config.run_name` from its last checkpoint.
+    says. `resume=True` continues the run `config.run_name` from its last checkpoint;
+    `reuse=True` returns the finished run `config.run_name` instead of training, if its
+    fingerprint (config, data, base weights, precision, versions: `ftkit.reuse`) matches.
     Taught in notebooks/03_qlora_training.ipynb.
     """
+    from ftkit import reuse as reusing
     from ftkit import runs
 
     started = time.perf_counter()
@@ -272,22 +279,28 @@ def train(
         )
     if not train_examples:  # before minutes of model loading
         prepare_data(train_examples, tokenizer, config, "train")
-    run_dir = runs.open_run_dir(config, resume)
-    config = replace(config, run_name=run_dir.name)
     precision = choose_precision(detect_hardware(), config.precision, config.optimizer)
-    if precision.device == "cpu":
-        return_freed_memory()  # a quarter less peak memory: see ftkit.hardware
-    if model is None:
-        model, tokenizer = load_for_training(config, precision)
+    if tokenizer is None:  # the data first: it decides reuse, and fails before model loading
+        tokenizer = load_tokenizer(config.model)
     train_items = prepare_data(train_examples, tokenizer, config, "train")
     val_items = None
     if validation_examples is not None:
         val_items = prepare_data(validation_examples, tokenizer, config, "validation")
+    key = reusing.fingerprint(config, precision, train_items, val_items)
+    found = reusing.reusable_run(config, key) if reuse else None
+    if found:
+        return reused_result(found, config, model, tokenizer, time.perf_counter() - started)
+    run_dir = runs.open_run_dir(config, resume)
+    config = replace(config, run_name=run_dir.name)
+    if precision.device == "cpu":
+        return_freed_memory()  # a quarter less peak memory: see ftkit.hardware
+    if model is None:
+        model, _ = load_for_training(config, precision)
     model = add_adapters(model, config)
     checkpoint = runs.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         print(f"[ftkit] {run_dir.name}: no complete checkpoint yet, starting from step 0.")
-    runs.write_config(run_dir, config, train_items, val_items)
+    runs.write_config(run_dir, config, train_items, val_items, key)
     stopper = monitor if isinstance(monitor, StopControl) else StopControl()
     watchers = [stopper, *([monitor] if monitor not in (None, stopper) else []), *callbacks]
     trainer = build_trainer(
@@ -351,6 +364,44 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
     if trainer.is_world_process_zero():
         runs.write_result(run_dir, result, config, precision)
     return result
+
+
+def reused_result(run_dir: Path, config, model, tokenizer, seconds: float) -> TrainResult:
+    """A finished run read back as the `TrainResult` training it gave (`reused=True`): its
+    history, losses and timings, with its adapter loaded into `model` (or onto a fresh base).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit import runs
+    from ftkit.reuse import load_adapter_into
+
+    run = runs.read_run(run_dir)
+    if model is None or config.method == "full":
+        run = runs.load_run(run_dir)
+        model, tokenizer = run.model, run.tokenizer
+    else:
+        if config.method == "qlora":
+            keep_4bit_trainable(model)
+        model = load_adapter_into(add_adapters(model, config), run.adapter_dir)
+    saved = run.result
+    return TrainResult(
+        run_dir=run_dir,
+        adapter_dir=run_dir / ("model" if config.method == "full" else "adapter"),
+        history=run.metrics,
+        steps=saved["steps"],
+        status=saved["status"],
+        train_loss=saved["train_loss"],
+        val_loss=saved["val_loss"],
+        best_step=saved["best_step"],
+        seconds=saved["seconds"],
+        seconds_per_epoch=saved["seconds_per_epoch"],
+        tokens_per_second=saved["tokens_per_second"],
+        peak_memory_gb=saved["peak_memory_gb"],
+        trainable_params=saved["trainable_params"],
+        reused=True,
+        model=model.eval(),
+        tokenizer=tokenizer,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,27 @@ def test_a_shared_prefix_is_read_once_with_the_same_replies(splits):
     assert min(r.prompt_tokens for r in plain) > 500  # the prefix really is long
 
 
+def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(splits):
+    """generate_replies copies the last position's states before the output layer (torch's
+    CPU matmul would otherwise copy the whole weight once per prompt); same numbers."""
+    import torch
+
+    model, tokenizer = load_model(dtype="fp32")
+    head = model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_hook(lambda _, args, out: seen.append(args[0].is_contiguous()))
+    prompts = [e.messages[:-1] for e in list(splits["test"])[12:15]]
+    try:
+        generate_replies(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
+    finally:
+        handle.remove()
+    assert seen and all(seen)
+    hidden = torch.randn(3, 7, head.in_features)
+    strided = hidden[:, -1:, :]
+    assert not strided.is_contiguous()
+    assert torch.equal(head(strided), head(strided.contiguous()))
+
+
 def test_shots_cover_the_categories_and_come_first(splits):
     train = list(splits["train"])
     shots = pick_shots(train, 6, seed=1)

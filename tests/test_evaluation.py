@@ -143,6 +143,37 @@ def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(splits):
     assert torch.equal(head(strided), head(strided.contiguous()))
 
 
+def test_cannot_be_json_only_when_no_continuation_parses():
+    from ftkit.generation import cannot_be_json
+
+    for hopeless in ("I'm sorry", ' {"a": 1} and more', "[1, 2]", '{"a": 1}}', "Sure: {"):
+        assert cannot_be_json(hopeless), hopeless
+    for still_open in ("", "  ", "{", '{"category": "bil', '{"a": 1}', '{"a": 1}\n ', '{"a": }'):
+        assert not cannot_be_json(still_open), still_open
+
+
+def test_giving_up_on_json_cuts_rambling_replies_and_changes_no_score(splits):
+    """The base model without a system prompt rambles: with give_up_after=8 those replies stop
+    after 8 to 9 tokens, flagged; replies that may still be JSON are exactly as before."""
+    from ftkit.generation import cannot_be_json
+
+    model, tokenizer = load_model(dtype="fp32")
+    prompts = [e.messages[:-1] for e in list(splits["test"])[:3]]
+    shots = [e.messages for e in list(splits["train"])[:2]]
+    prompts.append([m for shot in shots for m in shot] + prompts[0])  # two solved examples
+    full = generate_replies(model, tokenizer, prompts, max_new_tokens=40, batch_size=4)
+    cut = generate_replies(model, tokenizer, prompts, max_new_tokens=40, batch_size=4,
+                           give_up_after=8)  # fmt: skip
+    assert any(r.gave_up for r in cut) and not any(r.gave_up for r in full)
+    for before, after in zip(full, cut, strict=True):
+        assert parse_json(before.text) == parse_json(after.text)
+        if after.gave_up:
+            assert cannot_be_json(after.text) and before.text.startswith(after.text)
+            assert 8 <= after.new_tokens < before.new_tokens
+        else:
+            assert after.text == before.text and after.new_tokens == before.new_tokens
+
+
 def test_shots_cover_the_categories_and_come_first(splits):
     train = list(splits["train"])
     shots = pick_shots(train, 6, seed=1)

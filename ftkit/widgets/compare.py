@@ -115,8 +115,13 @@ class Comparator(w.VBox):
                 "seed", 0))  # fmt: skip
             prompt = build_prompt(question, approach, shots)
             with _adapter(self.model, approach):
-                [reply] = generate_replies(self.model, self.tokenizer, [prompt],
-                                           max_new_tokens=self.max_new_tokens)  # fmt: skip
+                [reply] = generate_replies(  # cut as the comparison cut it: the same answer
+                    self.model,
+                    self.tokenizer,
+                    [prompt],
+                    max_new_tokens=self.max_new_tokens,
+                    give_up_after=self.comparison.settings.get("give_up_after"),
+                )
             answers[approach.name], seconds[approach.name] = reply.text, reply.seconds
         reference = self._reference()
         expected, basis = reference, "the reference"

@@ -35,6 +35,7 @@ from ftkit.models import (
     embedded_model_dir,
     keep_4bit_trainable,
     load_model,
+    load_tokenizer,
 )
 from ftkit.runs import Run, list_runs, load_run, merge_and_export
 from ftkit.shapes import FORMATS, to_format
@@ -94,6 +95,7 @@ __all__ = [
     "load_examples",
     "load_model",
     "load_run",
+    "load_tokenizer",
     "measure_throughput",
     "merge_and_export",
     "pack",

@@ -2,12 +2,13 @@
 
 A run's adapter is decided by its config, the base model's weights, the exact tokens and
 labels it trained and was validated on, how this machine computes (precision, optimizer,
-device) and the library versions. `fingerprint` hashes all of those; `train` stores the
-hash in the run's config.json, and `train(..., reuse=True)` returns a finished run with the
-same hash (loaded, with the history and timings it had) instead of training again. Names,
-folders, log frequency and how many checkpoints are kept do not count: they change no
-weight. Anything else that differs (one token of data, a learning rate, a new version of
-peft) trains again, saying why. `make main` relies on it for a second run of the series.
+device), the library versions and ftkit's own training code. `fingerprint` hashes all of
+those; `train` stores the hash in the run's config.json, and `train(..., reuse=True)`
+returns a finished run with the same hash (loaded, with the history and timings it had)
+instead of training again. Names, folders, log frequency and how many checkpoints are kept
+do not count: they change no weight. Anything else that differs (one token of data, a
+learning rate, a new version of peft, an edit to ftkit/trainer.py) trains again, saying
+why. `make main` relies on it for a second run of the series.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def fingerprint(config, precision, train_items, val_items=None) -> str:
 
     settings = {k: v for k, v in asdict(config).items() if k not in BOOKKEEPING}
     versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
+    versions["ftkit code"] = training_code_id()  # an edited checkout trains again too
     header = {
         "config": settings,
         "base": base_weights_id(config.model),
@@ -45,6 +47,21 @@ def fingerprint(config, precision, train_items, val_items=None) -> str:
         for item in items or []:
             positions = getattr(item, "position_ids", None)
             digest.update(json.dumps([item.input_ids, item.labels, positions]).encode())
+    return digest.hexdigest()
+
+
+TRAINING_CODE = ("training", "trainer", "lora_dropout", "formatting", "faults", "models")
+
+
+def training_code_id() -> str:
+    """A SHA-256 of the ftkit modules a training run executes (their source text).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update((here / f"{name}.py").read_bytes())
     return digest.hexdigest()
 
 

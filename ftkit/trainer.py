@@ -11,8 +11,8 @@ scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP
   the output layer keeps just those positions; the loss is the same cross-entropy, summed
   over the same tokens (tests/test_training.py checks loss and gradients against the full
   computation).
-- **length-grouped batches** from `LengthGroupedSampler`, seeded per epoch so a resumed run
-  sees exactly the batches the interrupted one would have seen;
+- **length-grouped batches** from `LengthGroupedSampler`, in random order, seeded per
+  epoch so a resumed run sees exactly the batches the interrupted one would have seen;
 - **a divergence guard**: a NaN or infinite loss (or gradient) raises `TrainingDiverged`
   before the optimizer step, so no checkpoint after the last good step is ever written;
 - evaluation that does not disturb training: it runs under a saved-and-restored RNG state,
@@ -64,7 +64,15 @@ class LengthGroupedSampler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        grouped = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        # transformers' groups come sorted longest first within each mega-batch of 4 to 50
+        # batches: steps in a row then see ever shorter (often similar) examples. Shuffling
+        # the batches keeps each one's low padding and restores a random order; the batch
+        # with the longest example stays first, so running out of memory happens at once.
+        size = self.batch_size
+        batches = [grouped[start : start + size] for start in range(0, len(grouped), size)]
+        order = [0, *(1 + torch.randperm(len(batches) - 1, generator=generator)).tolist()]
+        return iter([index for position in order for index in batches[position]])
 
 
 class _KeepLabelledPositions:

@@ -6,6 +6,7 @@ Runs are tiny (a dozen examples, a few steps) so the default tier stays fast on 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -271,6 +272,17 @@ def test_length_grouped_sampler_is_seeded_per_epoch():
     spreads = [max(lengths[i] for i in first[k : k + 4]) - min(lengths[i] for i in first[k : k + 4])
                for k in range(0, len(first), 4)]  # fmt: skip
     assert sum(spreads) / len(spreads) < 60  # random batches of 4 would spread ~130 tokens
+
+
+def test_length_grouped_batches_come_in_random_order_longest_first():
+    """Batches of similar length, but not a long-to-short run of steps (transformers sorts
+    each mega-batch); the batch holding the longest example comes first."""
+    lengths = torch.randint(20, 400, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    order = list(LengthGroupedSampler(lengths, batch_size=8, seed=0))
+    maxima = [max(lengths[i] for i in order[k : k + 8]) for k in range(0, len(order), 8)]
+    assert maxima[0] == max(lengths)
+    falls = sum(a > b for a, b in itertools.pairwise(maxima[1:]))
+    assert falls < 0.7 * (len(maxima) - 2)  # sorted mega-batches: about 90% fall
 
 
 @pytest.mark.slow

@@ -126,12 +126,17 @@ def _not_reusable(path: Path, config, key: str) -> str | None:
         return f"{final.name}/ is missing"
     if info.get("fingerprint") == key:
         return None
+    if not info.get("fingerprint"):
+        return "it has no fingerprint: an older ftkit made it"
     saved, now = info.get("config", {}), json.loads(json.dumps(asdict(config)))
     changed = sorted(k for k in now if k not in BOOKKEEPING and saved.get(k) != now[k])
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         return f"settings changed: {diffs}"
-    return "the data, the base model's weights, the precision or a library version changed"
+    return (
+        "the data, the base model's weights, the precision, a library version or ftkit's "
+        "training code changed"
+    )
 
 
 def load_adapter_into(model, adapter_dir: Path):

@@ -292,7 +292,7 @@ def train(
     key = reusing.fingerprint(config, precision, train_items, val_items)
     found = reusing.reusable_run(config, key) if reuse else None
     if found:
-        return reused_result(found, config, model, tokenizer, time.perf_counter() - started)
+        return reused_result(found, config, model, tokenizer)
     run_dir = runs.open_run_dir(config, resume)
     config = replace(config, run_name=run_dir.name)
     if precision.device == "cpu":
@@ -369,7 +369,7 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
     return result
 
 
-def reused_result(run_dir: Path, config, model, tokenizer, seconds: float) -> TrainResult:
+def reused_result(run_dir: Path, config, model, tokenizer) -> TrainResult:
     """A finished run read back as the `TrainResult` training it gave (`reused=True`): its
     history, losses and timings, with its adapter loaded into `model` (or onto a fresh base).
 

@@ -335,9 +335,12 @@ def load_tokenizer(name_or_path: str | os.PathLike = EMBEDDED_MODEL, trust_remot
 
     Taught in notebooks/02_formatting_examples.ipynb.
     """
+    return _tokenizer_from(model_source(name_or_path), trust_remote_code)
+
+
+def _tokenizer_from(source: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    source = model_source(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -359,7 +362,7 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     quiet_bitsandbytes()
     if quantization and device == "mps":
@@ -373,9 +376,9 @@ def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
     }
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **options)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ModelLoadError(f"Could not load {source!r}: {error}") from error
+    tokenizer = _tokenizer_from(source, trust_remote_code)
     if quantization == "nf4":
         keep_4bit_trainable(model)
     return model, tokenizer

@@ -19,10 +19,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ftkit.runs import FINISHED, config_changes, final_dir
 from ftkit.runs import RESUMABLE_CHANGES as BOOKKEEPING  # names, folders, logging: no weight
 
 VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
-REUSABLE_STATUS = ("finished", "early stopping")
 
 
 def fingerprint(config, precision, train_items, val_items=None) -> str:
@@ -102,11 +102,12 @@ def reusable_run(config, key: str) -> Path | None:
     path = Path(config.runs_dir) / config.run_name
     if not (path / "config.json").is_file():
         return None
-    why = _not_reusable(path, config, key)
+    result = path / "result.json"
+    result = json.loads(result.read_text()) if result.is_file() else {"status": "unfinished"}
+    why = _not_reusable(path, result["status"], config, key)
     if why:
         print(f"[ftkit] {path} cannot be reused ({why}): training it again.")
         return None
-    result = json.loads((path / "result.json").read_text())
     print(
         f"[ftkit] Reusing the finished run at {path}: same config, data, base model and "
         f"library versions ({result['status']} after {result['steps']} steps). To train "
@@ -115,24 +116,20 @@ def reusable_run(config, key: str) -> Path | None:
     return path
 
 
-def _not_reusable(path: Path, config, key: str) -> str | None:
-    info = json.loads((path / "config.json").read_text())
-    result = path / "result.json"
-    status = json.loads(result.read_text()).get("status") if result.is_file() else "unfinished"
-    if status not in REUSABLE_STATUS:
+def _not_reusable(path: Path, status: str, config, key: str) -> str | None:
+    if status not in FINISHED:
         return f"it is {status}"
-    final = path / ("model" if config.method == "full" else "adapter")
+    final = final_dir(path, config.method)
     if not final.is_dir():
         return f"{final.name}/ is missing"
+    info = json.loads((path / "config.json").read_text())
     if info.get("fingerprint") == key:
         return None
     if not info.get("fingerprint"):
         return "it has no fingerprint: an older ftkit made it"
-    saved, now = info.get("config", {}), json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in now if k not in BOOKKEEPING and saved.get(k) != now[k])
+    changed = config_changes(info.get("config", {}), config)
     if changed:
-        diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        return f"settings changed: {diffs}"
+        return f"settings changed: {', '.join(changed)}"
     return (
         "the data, the base model's weights, the precision, a library version or ftkit's "
         "training code changed"

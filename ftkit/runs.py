@@ -30,6 +30,7 @@ from ftkit.callbacks import read_metrics
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints"}
+FINISHED = ("finished", "early stopping")  # statuses of a run that ended on its own
 
 
 class RunError(RuntimeError):
@@ -79,11 +80,9 @@ def check_resumable(config, path: Path) -> None:
 
     Taught in notebooks/03_qlora_training.ipynb.
     """
-    saved = json.loads((path / "config.json").read_text())["config"]
-    now = json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    changed = config_changes(json.loads((path / "config.json").read_text())["config"], config)
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        diffs = ", ".join(changed)
         raise RunError(
             f"Cannot resume {path.name!r} with a different config ({diffs}): the result would "
             "match neither setting. Resume with the saved config (load_run(...).config), or "
@@ -91,11 +90,27 @@ def check_resumable(config, path: Path) -> None:
         )
 
 
+def config_changes(saved: dict, config) -> list[str]:
+    """The settings of `config` that differ from a saved config.json's, as "field: old -> new"
+    (names, folders and logging fields, `RESUMABLE_CHANGES`, do not count).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    now = json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed]
+
+
+def final_dir(run_dir: Path, method: str) -> Path:
+    """Where a run keeps what it produced: model/ for full fine-tuning, else adapter/."""
+    return Path(run_dir) / ("model" if method == "full" else "adapter")
+
+
 def _refuse_finished(path: Path) -> None:
     """A run that ended on its own has nothing to resume (a stopped one does)."""
     result = path / "result.json"
     status = json.loads(result.read_text()).get("status", "") if result.is_file() else ""
-    if status in ("finished", "early stopping"):
+    if status in FINISHED:
         raise RunError(
             f"Run {path.name!r} already ended ({status}); there is nothing to resume. Use it "
             "with load_run(...), or train longer as a new run_name."
@@ -334,7 +349,7 @@ def _adapter_source(run: Run, checkpoint: int | None) -> Path:
                 f"Run {run.name!r} has no checkpoint {checkpoint}; it has {run.checkpoints}."
             )
         return run.path / "checkpoints" / f"checkpoint-{checkpoint}"
-    final = run.path / ("model" if run.config.method == "full" else "adapter")
+    final = final_dir(run.path, run.config.method)
     if final.is_dir():
         return final
     if run.checkpoints:
@@ -395,7 +410,7 @@ def reuse_or_train(config, train_examples, validation_examples=None, monitor=Non
         saved = read_run(path)
         status = saved.result.get("status")
         same = (saved.config.model, saved.config.method) == (config.model, config.method)
-        if same and status in ("finished", "early stopping"):
+        if same and status in FINISHED:
             print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
                   f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
             return load_run(path)

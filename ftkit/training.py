@@ -336,8 +336,8 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
         not evals or evals[-1]["step"] != state.global_step):  # fmt: skip
         trainer.evaluate()
         evals = [r for r in records if r["event"] == "eval"]
-    final_dir = run_dir / ("model" if config.method == "full" else "adapter")
-    trainer.save_model(str(final_dir))
+    final = runs.final_dir(run_dir, config.method)
+    trainer.save_model(str(final))
     if stopper.requested:
         status = f"stopped: {stopper.reason}"
     elif state.global_step < state.max_steps:
@@ -349,7 +349,7 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
     epochs = (state.epoch or 0.0) - trainer.ftkit_first_epoch
     result = TrainResult(
         run_dir=run_dir,
-        adapter_dir=final_dir,
+        adapter_dir=final,
         history=records,
         steps=state.global_step,
         status=status,
@@ -378,18 +378,19 @@ def reused_result(run_dir: Path, config, model, tokenizer) -> TrainResult:
     from ftkit import runs
     from ftkit.reuse import load_adapter_into
 
-    run = runs.read_run(run_dir)
+    final = runs.final_dir(run_dir, config.method)
     if model is None or config.method == "full":
         run = runs.load_run(run_dir)
         model, tokenizer = run.model, run.tokenizer
     else:
+        run = runs.read_run(run_dir)
         if config.method == "qlora":
             keep_4bit_trainable(model)
-        model = load_adapter_into(add_adapters(model, config), run.adapter_dir)
+        model = load_adapter_into(add_adapters(model, config), final)
     saved = run.result
     return TrainResult(
         run_dir=run_dir,
-        adapter_dir=run_dir / ("model" if config.method == "full" else "adapter"),
+        adapter_dir=final,
         history=run.metrics,
         steps=saved["steps"],
         status=saved["status"],

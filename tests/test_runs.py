@@ -262,7 +262,7 @@ def test_reuse_refuses_a_run_whose_settings_or_data_differ(trained, splits, caps
     assert reusable_run(config, key) == first.run_dir
     faster = replace(config, lr=2e-3)
     assert reusable_run(faster, fingerprint(faster, precision, items, val)) is None
-    assert "settings changed: lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert "settings changed: lr: 0.001 -> 0.002" in capsys.readouterr().out
     assert reusable_run(config, fingerprint(config, precision, items[:-1], val)) is None
     assert "the data, the base model's weights" in capsys.readouterr().out
 
@@ -275,7 +275,7 @@ def test_reuse_trains_again_when_the_data_changed(trained, splits, tmp_path, cap
     moved = replace(config, runs_dir=str(tmp_path), max_steps=2, eval_steps=None, overwrite=True)
     result = train(moved, list(splits["train"])[1:13], reuse=True)
     out = capsys.readouterr().out
-    assert "cannot be reused (settings changed: eval_steps 3 -> None, max_steps 6 -> 2)" in out
+    assert "cannot be reused (settings changed: eval_steps: 3 -> None, max_steps: 6 -> 2)" in out
     assert not result.reused and result.steps == 2
     again = train(moved, list(splits["train"])[1:13], reuse=True)
     assert again.reused and again.steps == 2

@@ -100,13 +100,18 @@ class Comparison:
                 f"<tr style='{weight}'><td>{html.escape(row['approach'])}</td>{cells}"
                 f"<td>{row['prompt_tokens']:.0f}</td><td>{row['latency_ms']:.0f}</td></tr>"
             )
+        cut = self.settings.get("give_up_after")
+        cut_note = (
+            f" An answer that could no longer be valid JSON was cut (…) after {cut} tokens: no "
+            "score changes."
+            if cut
+            else ""
+        )
         return (
             "<table><tr><th>approach</th>" + head + "<th>prompt tokens</th><th>latency (ms)</th>"
             "</tr>" + "".join(body) + "</table><p><small>Scores in points (% of test examples) "
-            "with bootstrap 95% intervals; latency per request, one at a time. An answer that "
-            "could no longer be valid JSON was cut (…) after "
-            f"{self.settings.get('give_up_after', GIVE_UP_AFTER)} tokens: no score "
-            "changes.</small></p>"
+            f"with bootstrap 95% intervals; latency per request, one at a time.{cut_note}"
+            "</small></p>"
         )
 
     def samples_html(self, n: int = 4) -> str:

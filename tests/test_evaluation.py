@@ -93,6 +93,14 @@ def test_scores_agree_with_the_predictions(comparison):
         assert result.scores["json_validity"] == pytest.approx(valid / len(result.predictions))
 
 
+def test_the_table_says_when_answers_were_cut(comparison):
+    from ftkit.comparison import Comparison
+
+    assert "was cut (…) after 24 tokens" in comparison.table_html()
+    for settings in ({}, {"give_up_after": None}):  # not cut: no such note
+        assert "was cut" not in Comparison(comparison.results, settings=settings).table_html()
+
+
 def test_batched_generation_matches_one_at_a_time(splits):
     """Left padding must not change greedy answers: a batch of prompts of different lengths
     gives the same replies as asking one by one. Exact in fp32; in bf16 or 4 bits the

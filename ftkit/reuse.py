@@ -50,7 +50,15 @@ def fingerprint(config, precision, train_items, val_items=None) -> str:
     return digest.hexdigest()
 
 
-TRAINING_CODE = ("training", "trainer", "lora_dropout", "formatting", "faults", "models")
+TRAINING_CODE = (
+    "training",
+    "trainer",
+    "lora_dropout",
+    "lean_layers",
+    "formatting",
+    "faults",
+    "models",
+)
 
 
 def training_code_id() -> str:

@@ -307,11 +307,21 @@ def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int =
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        for start in range(0, len(items), batch_size):
-            batch = collate(items[start : start + batch_size], tokenizer)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            loss, n, _ = causal_lm_loss(model, batch, labelled_only=False)
-            total, count = total + float(loss), count + int(n)
-    model.train(was_training)
+    autocast = dtype != torch.float32
+    hook = _KeepLabelledPositions()  # logits at labelled positions only, as in training
+    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
+    try:
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=dtype, enabled=autocast),
+            disable_input_dtype_casting(model, active=autocast),
+        ):
+            for start in range(0, len(items), batch_size):
+                batch = collate(items[start : start + batch_size], tokenizer)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                loss, n, _ = causal_lm_loss(model, batch, labelled_only=True, hook=hook)
+                total, count = total + float(loss), count + int(n)
+    finally:
+        handle.remove()
+        model.train(was_training)
     return total / max(count, 1)

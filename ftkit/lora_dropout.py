@@ -10,7 +10,7 @@ adapted layer (seven per block, three of them on the same input to q, k and v):
 `DropoutLinear` takes `lora_A`'s place (a `torch.nn.Linear` subclass, so the adapter's
 weights and state-dict keys stay as peft wrote them) and `lora_dropout` becomes the
 identity. It draws the keep mask from 64-bit random integers read as four 16-bit ones (the
-keep probability exact to 1/65536, four times fewer draws), keeps the mask as one byte per
+keep probability exact to 1/65536, four times fewer draws), keeps the mask as one bit per
 value instead of the dropped copy, and recomputes the dropped input in the backward pass.
 Same distribution, same gradients for a given mask (tests/test_lora_dropout.py); in eval
 mode it is the plain linear layer. Taught in notebooks/03_qlora_training.ipynb.
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 _LEVELS = 1 << 16  # the mask's resolution: 16-bit random numbers
+# times 8 bytes of 0/1 read as one int64 (little-endian), moves byte i's bit to bit 56 + i
+_GATHER = 0x0102040810204080
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -37,6 +39,28 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     return draws >= round(p * _LEVELS) - _LEVELS // 2
 
 
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as one bit per value: uint8, ceil(n / 8) long (see `unpack_bits`).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    flat = mask.reshape(-1)
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
+    words = flat.view(torch.uint8).view(torch.int64)
+    return ((words * _GATHER) >> 56).bitwise_and_(0xFF).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The bool tensor of `shape` that `pack_bits` packed.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = packed.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and_(1)
+    return bits.view(-1)[: math.prod(shape)].view(torch.bool).view(shape)
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """What autocast would compute a linear layer in here: its dtype if on, else x's."""
     kind = x.device.type
@@ -44,7 +68,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _DropoutLinear(torch.autograd.Function):
-    """y = (x * keep / (1 - p)) @ W.T, saving x (already alive) and the 1-byte mask."""
+    """y = (x * keep / (1 - p)) @ W.T, saving x (already alive) and the mask's bits."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
@@ -52,14 +76,15 @@ class _DropoutLinear(torch.autograd.Function):
         keep = keep_mask(x.shape, p, x.device)
         scale = 1.0 / (1.0 - p)
         dropped = x.to(dtype).mul(scale).mul_(keep)
-        ctx.save_for_backward(x, weight, keep)
+        ctx.save_for_backward(x, weight, pack_bits(keep))
         ctx.scale, ctx.dtype = scale, dtype
         with torch.autocast(x.device.type, enabled=False):
             return F.linear(dropped, weight.to(dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight, keep = ctx.saved_tensors
+        x, weight, packed = ctx.saved_tensors
+        keep = unpack_bits(packed, x.shape)
         grad = grad.to(ctx.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftkit.lora_dropout import DropoutLinear, fuse_lora_dropout, keep_mask
+from ftkit.lora_dropout import DropoutLinear, fuse_lora_dropout, keep_mask, pack_bits, unpack_bits
 from ftkit.models import load_model
 from ftkit.training import TrainConfig, add_adapters
 
@@ -21,6 +21,34 @@ def test_the_keep_mask_keeps_one_minus_p(p):
     assert abs(columns[0::4].mean() - columns[3::4].mean()) < 0.01
     torch.manual_seed(0)
     assert torch.equal(mask, keep_mask(torch.Size([1000, 999]), p, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 7), (2, 94, 576)])
+def test_masks_pack_to_one_bit_per_value_and_back(shape):
+    torch.manual_seed(0)
+    mask = torch.rand(shape) < 0.9
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+    one = torch.zeros(9, dtype=torch.bool)
+    one[7] = one[8] = True  # bit order: value i is bit i % 8 of byte i // 8
+    assert pack_bits(one).tolist() == [128, 1]
+
+
+def test_training_keeps_the_mask_as_bits():
+    layer = DropoutLinear(576, 16, bias=False)
+    layer.p = 0.05
+    x = torch.randn(8, 94, 576, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        layer(x)
+    masks = [t for t in kept if t.dtype == torch.uint8]
+    assert [m.numel() for m in masks] == [x.numel() // 8]
+    assert {t.data_ptr() for t in kept} == {
+        x.data_ptr(),
+        layer.weight.data_ptr(),
+        masks[0].data_ptr(),
+    }
 
 
 def _reference(x, weight, p, seed):

@@ -36,6 +36,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ftkit.callbacks import RunLogger, read_metrics
 from ftkit.formatting import IGNORE_INDEX
+from ftkit.hardware import release_heap
 
 
 class TrainingDiverged(RuntimeError):
@@ -153,6 +154,8 @@ class FtkitTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         tokens = int(inputs.get("num_tokens", torch.tensor(0)).sum())
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.device.type == "cpu":
+            release_heap()  # the step's activations are freed: return their pages to the OS
         if not torch.isfinite(loss) or not self._gradients_finite(model):
             what = "loss" if not torch.isfinite(loss) else "gradients"
             raise TrainingDiverged(

@@ -1,13 +1,17 @@
-"""Hardware detection and the dtype choice (bf16 only where it is native)."""
+"""Hardware detection, the dtype choice (bf16 only where it is native), and handing freed
+heap memory back to the OS."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
+from pathlib import Path
 
 import pytest
 import torch
 
-from ftkit.hardware import cuda_has_bf16, detect_hardware, pick_dtype
+from ftkit.hardware import cuda_has_bf16, detect_hardware, pick_dtype, release_heap
 
 
 @pytest.mark.parametrize(
@@ -46,3 +50,20 @@ def test_this_machine():
 def test_pick_dtype(device, bf16, expected):
     hardware = dataclasses.replace(detect_hardware(), device=device, bf16=bf16)
     assert pick_dtype(hardware) == expected
+
+
+def _resident_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_heap_returns_freed_small_tensors_to_the_os():
+    # 300 MB of 100 kB tensors (under the mmap threshold: heap memory), then one more that
+    # pins the heap's top, so glibc's own trimming at the top cannot give the rest back
+    freed = [torch.ones(100_000, dtype=torch.uint8) for _ in range(3000)]
+    pin = torch.ones(100_000, dtype=torch.uint8)
+    del freed
+    before = _resident_mib()
+    assert release_heap()
+    assert before - _resident_mib() > 200, "the freed 300 MB stayed resident"
+    assert pin.sum() == 100_000

@@ -2,8 +2,8 @@
 
 In LoRA and QLoRA training the base model is frozen, yet autograd still keeps, per block,
 whatever its generic operators need for their backward passes. An itemised account of one
-QLoRA step on the embedded model (batch 8 x 94 tokens; benchmarks/RESULTS.md) found 477 MiB
-of saved activations, of which:
+QLoRA step on the embedded model (batch 8 x 94 tokens; benchmarks/RESULTS.md) found 709 MiB
+kept for the backward pass, of which:
 
 - the two RMS norms: 99 MiB, an fp32 copy of every norm's 16-bit input (the norm computes
   in fp32). `rms_norm` keeps the 16-bit input and one fp32 number per token, and redoes the

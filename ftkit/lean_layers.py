@@ -29,6 +29,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 SHORT_ATTENTION = "ftkit_short"  # the attention implementation's registered name
 SHORT_LENGTH = 192  # keys up to this many: plain products beat torch's CPU flash kernel
@@ -173,8 +174,6 @@ def _short_or_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
                    is_causal=None, **kwargs):  # fmt: skip
     """transformers' attention interface: `short_attention` in training at short lengths
     with a boolean (or no) mask and no dropout, else transformers' own sdpa."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     plain = (
         _training(module)
         and key.shape[2] <= SHORT_LENGTH

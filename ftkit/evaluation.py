@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from ftkit.generation import Messages, generate_replies, parse_json
+from ftkit.models import fast_4bit_generation
 
 LABEL_FIELDS = ("category", "priority", "product")  # the support-ticket task's label fields
 PRIMARY = "labels_exact"  # share of answers with every label field right
@@ -261,7 +262,7 @@ def evaluate_approach(
         )
     prompts = [build_prompt(example, approach, shots) for example in examples]
     order = sorted(range(len(prompts)), key=lambda i: _length(prompts[i]))  # less padding
-    with _adapter(model, approach):
+    with _adapter(model, approach), fast_4bit_generation(model):  # repacked once, not per batch
         started = time.perf_counter()
         replies = [None] * len(prompts)
         for start in range(0, len(order), batch_size):

@@ -20,6 +20,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ftkit.models import fast_4bit_generation
+from ftkit.shared_prefix import shared_prefix
 
 Messages = list[dict[str, str]]
 
@@ -74,7 +75,8 @@ def generate_replies(
     """Generate one reply per prompt, in batches, greedy unless `temperature` > 0.
 
     `share_prefix=True` reads the tokens every prompt of a batch starts with (a long system
-    prompt, few-shot examples) once, not once per prompt: see `_shared_prefix`.
+    prompt, few-shot examples) once, not once per prompt, and keeps one copy of it, not one
+    per prompt: see `ftkit.shared_prefix`.
     `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
     become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
     not `max_new_tokens`, and every JSON score stays what it would have been.
@@ -163,8 +165,12 @@ def _generate_batch(
     giving_up = _GiveUpOnJson(tokenizer, width, give_up_after, stops) if give_up_after else None
     extra = {"stopping_criteria": StoppingCriteriaList([giving_up])} if giving_up else {}
     started = time.perf_counter()
-    with torch.inference_mode(), fast_4bit_generation(model), _contiguous_logits_input(model):
-        cache = _shared_prefix(model, input_ids[:1, :prefix], len(prompts)) if prefix else None
+    with (
+        torch.inference_mode(),
+        fast_4bit_generation(model),
+        _contiguous_logits_input(model),
+        shared_prefix(model, input_ids[:1, :prefix], len(prompts)) as cache,
+    ):
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -219,19 +225,6 @@ def _common_prefix(rows: list[list[int]]) -> int:
         if any(row[position] != token for row in rows):
             return position
     return shortest - 1
-
-
-def _shared_prefix(model, prefix_ids: torch.Tensor, batch: int):
-    """The KV cache of the shared prefix, computed once and repeated for every prompt.
-
-    A batch of 32 tickets behind one 600-token system prompt then reads 600 + 32 x 60 prompt
-    tokens instead of 32 x 660. Position ids come from the attention mask, so the padding
-    between the prefix and each prompt's own tokens changes nothing (tests/test_generation:
-    the same greedy replies as without sharing, in fp32).
-    """
-    cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
-    cache.batch_repeat_interleave(batch)
-    return cache
 
 
 def _count_new(row: torch.Tensor, stops: torch.Tensor) -> int:

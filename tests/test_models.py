@@ -121,6 +121,9 @@ def test_generate_then_train_gives_exact_gradients(reference_gradients):
     with fast_4bit_generation(model) as fast_layers:
         model.generate(**inputs, max_new_tokens=4, do_sample=False)
         assert layer.weight.quant_state.packing_format_for_cpu  # the fast kernel really ran
+        with fast_4bit_generation(model) as nested:  # an inner block leaves it to the outer
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert nested == 0 and layer.weight.quant_state.packing_format_for_cpu  # still packed
     assert fast_layers == 210
     assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)  # uses it too

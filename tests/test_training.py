@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from ftkit.evaluation import task_system_prompt
 from ftkit.faults import oom_advice, prepare_data
 from ftkit.formatting import collate, tokenize_examples
 from ftkit.generation import generate_replies
@@ -100,6 +101,10 @@ def test_evaluate_and_generate_then_train_still_learns(few, tmp_path, tmp_path_f
     plain = _learned("qlora", few, tmp_path_factory)
     model, tokenizer = load_model(quantization="nf4")
     generate_replies(model, tokenizer, ["What is the capital of France?"], max_new_tokens=8)
+    # and with the system prompt read once (ftkit.shared_prefix switches attention meanwhile)
+    generate_replies(model, tokenizer, ["Where is my refund?", "The app crashes."],
+                     system_prompt=task_system_prompt(), max_new_tokens=4,
+                     share_prefix=True)  # fmt: skip
     model.generate(**tokenizer(["Hello"], return_tensors="pt"), max_new_tokens=4)  # plain one
     untrained = loss_on(model, tokenizer, train_examples)  # an eval-mode, no-grad pass
     result = train(tiny(tmp_path), train_examples, validation, model=model, tokenizer=tokenizer)

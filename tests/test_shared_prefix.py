@@ -1,0 +1,114 @@
+"""Shared-prefix generation: the prefix kept once, attention over it read once, same replies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ftkit import shared_prefix as sp
+from ftkit.evaluation import task_system_prompt
+from ftkit.generation import generate_replies
+from ftkit.models import load_model
+from ftkit.splits import load_dataset_splits
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset_splits("support_tickets")
+
+
+def _whole_attention(q, prefix_k, prefix_v, k, v, mask, scale):
+    """Ordinary attention over the prefix repeated per row and each row's own keys."""
+    batch = q.shape[0]
+    keys = torch.cat([prefix_k.expand(batch, -1, -1, -1), k], dim=2)
+    values = torch.cat([prefix_v.expand(batch, -1, -1, -1), v], dim=2)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
+                                          enable_gqa=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+@pytest.mark.parametrize("masked", [False, True])
+def test_shared_prefix_attention_is_attention_over_the_whole_sequence(queries, masked):
+    torch.manual_seed(4)
+    batch, heads, kv_heads, prefix, own, dim = 3, 9, 3, 11, 7, 16
+    q = torch.randn(batch, heads, queries, dim)
+    prefix_k, prefix_v = (
+        torch.randn(1, kv_heads, prefix, dim),
+        torch.randn(1, kv_heads, prefix, dim),
+    )
+    k, v = torch.randn(batch, kv_heads, own, dim), torch.randn(batch, kv_heads, own, dim)
+    causal = torch.ones(queries, prefix + own, dtype=torch.bool).tril(prefix + own - queries)
+    mask = causal[None, None].repeat(batch, 1, 1, 1)
+    if masked:  # padding between the prefix and each row's own tokens, as generation lays out
+        mask[0, :, :, prefix : prefix + 3] = False
+        mask[2, :, :, prefix : prefix + 1] = False
+    shared = sp.shared_prefix_attention(q, prefix_k, prefix_v, k, v, mask if masked else None, 0.3)
+    whole = _whole_attention(q, prefix_k, prefix_v, k, v, mask, 0.3)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+
+
+def _prompts(splits, rows):
+    return [e.messages[:-1] for e in list(splits["test"])[rows]]
+
+
+def test_generation_keeps_the_prefix_once_and_reads_it_once(splits, monkeypatch):
+    """With share_prefix=True on sdpa, every layer's cache holds the system prompt once and
+    each generated token's attention goes through the shared path; the replies are those of
+    the plain batch (fp32), and the model's attention implementation is restored after."""
+    model, tokenizer = load_model(dtype="fp32")
+    prompts, system = _prompts(splits, slice(16, 20)), task_system_prompt()
+    caches, calls = [], []
+    monkeypatch.setattr(sp, "_PrefixLayer", _recording(sp._PrefixLayer, caches))
+    counted = sp.shared_prefix_attention
+    monkeypatch.setattr(sp, "shared_prefix_attention",
+                        lambda *a: calls.append(a[0].shape) or counted(*a))  # fmt: skip
+    shared = generate_replies(model, tokenizer, prompts, system, max_new_tokens=12, batch_size=4,
+                              share_prefix=True)  # fmt: skip
+    plain = generate_replies(model, tokenizer, prompts, system, max_new_tokens=12, batch_size=4)
+    assert [r.text for r in shared] == [r.text for r in plain]
+    assert len(caches) == model.config.num_hidden_layers
+    prefix_length = caches[0].prefix_keys.shape[2]
+    assert all(layer.prefix_keys.shape[0] == 1 for layer in caches)  # once, not once per row
+    assert prefix_length > 500 and all(layer.keys.shape[0] == 4 for layer in caches)
+    assert all(layer.keys.shape[2] < 200 for layer in caches)  # only the rows' own tokens
+    steps = max(r.new_tokens for r in shared) - 1  # the first token comes from reading prompts
+    assert calls.count(calls[0]) == len(calls) == steps * model.config.num_hidden_layers
+    assert calls[0] == (4, model.config.num_attention_heads, 1, model.config.head_dim)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def _recording(layer_class, seen):
+    class Recording(layer_class):
+        def __init__(self, *args):
+            super().__init__(*args)
+            seen.append(self)
+
+    return Recording
+
+
+def test_other_attention_implementations_get_one_copy_per_row(splits):
+    """Eager attention is not served by the shared path: the cache holds the prefix per row,
+    as before, and the replies are those of the plain batch."""
+    model, tokenizer = load_model(dtype="fp32")
+    model.set_attn_implementation("eager")
+    try:
+        prompts, system = _prompts(splits, slice(20, 23)), task_system_prompt()
+        ids = tokenizer(system, return_tensors="pt")["input_ids"]
+        with sp.shared_prefix(model, ids, 3) as cache:
+            assert type(cache.layers[0]) is not sp._PrefixLayer
+            assert cache.layers[0].keys.shape[0] == 3
+            assert model.config._attn_implementation == "eager"
+        shared = generate_replies(model, tokenizer, prompts, system, max_new_tokens=8,
+                                  batch_size=3, share_prefix=True)  # fmt: skip
+        plain = generate_replies(model, tokenizer, prompts, system, max_new_tokens=8,
+                                 batch_size=3)  # fmt: skip
+        assert [r.text for r in shared] == [r.text for r in plain]
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def test_an_empty_prefix_yields_no_cache(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    with sp.shared_prefix(model, torch.zeros(1, 0, dtype=torch.long), 4) as cache:
+        assert cache is None

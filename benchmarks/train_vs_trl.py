@@ -8,9 +8,10 @@ What is the same for both trainers: the embedded SmolLM2-135M-Instruct (loaded b
 tokenized once by ftkit (TRL gets the token ids and the completion mask, so both train on
 exactly the same tokens with the same labels), LoRA r=16 / alpha 32 / dropout 0.05 on all
 linear layers, bf16 autocast where the CPU has it, batch 8, one epoch, lr 1e-3 with the same
-schedule and warm-up, seed 0, no packing, no gradient checkpointing, no evaluation or
-checkpoints during training. Each run is a separate process (the parent reads its peak
-resident memory from the operating system with `wait4`), and the trainers alternate
+schedule and warm-up, the same seed (round r of `--rounds`: seed r), no packing, no
+gradient checkpointing, no evaluation or checkpoints during training. Each run is a
+separate process (the parent reads its peak resident memory from the operating system
+with `wait4`), and the trainers alternate
 (ftkit, TRL, TRL, ftkit, ...) so a machine that slows down over time hurts neither more.
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
@@ -40,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 TRAINERS = ("ftkit", "trl")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
-BATCH, EPOCHS, LR, SEED, LOG_EVERY = 8, 1.0, 1e-3, 0, 5
+BATCH, EPOCHS, LR, LOG_EVERY = 8, 1.0, 1e-3, 5
 
 
 def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
@@ -95,13 +96,13 @@ def _data(limit: int | None):
     return list(splits["train"])[:limit], list(splits["validation"])
 
 
-def _config(method: str):
+def _config(method: str, seed: int):
     from ftkit.training import TrainConfig
 
     return TrainConfig(
         method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         num_epochs=EPOCHS, lr=LR, batch_size=BATCH, logging_steps=LOG_EVERY, eval_steps=None,
-        save_steps=10**6, seed=SEED, run_name=f"bench-{method}", overwrite=True,
+        save_steps=10**6, seed=seed, run_name=f"bench-{method}", overwrite=True,
     )  # fmt: skip
 
 
@@ -140,7 +141,7 @@ def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
         max_grad_norm=config.max_grad_norm, bf16=_bf16(), use_cpu=True,
         gradient_checkpointing=False, packing=False, completion_only_loss=True,
         max_length=config.max_length, logging_steps=LOG_EVERY, save_strategy="no",
-        eval_strategy="no", report_to="none", seed=SEED, data_seed=SEED,
+        eval_strategy="no", report_to="none", seed=config.seed, data_seed=config.seed,
         dataset_num_proc=None, disable_tqdm=True,
     )  # fmt: skip
     lora = LoraConfig(
@@ -164,7 +165,7 @@ def _bf16() -> bool:
     return detect_hardware().bf16
 
 
-def worker(trainer: str, method: str, limit: int | None, out: Path) -> None:
+def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -> None:
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
@@ -175,7 +176,7 @@ def worker(trainer: str, method: str, limit: int | None, out: Path) -> None:
 
     quiet_bitsandbytes()
     train, validation = _data(limit)
-    config = _config(method)
+    config = _config(method, seed)
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
     meter = _Meter()
@@ -186,6 +187,7 @@ def worker(trainer: str, method: str, limit: int | None, out: Path) -> None:
     record = {
         "trainer": trainer,
         "method": method,
+        "seed": seed,
         "precision": precision.name,
         "examples": len(train),
         "seconds": seconds,
@@ -214,10 +216,10 @@ def _parameters(model) -> int:
 # ----------------------------------------------------------------------------- parent side
 
 
-def run_worker(trainer: str, method: str, limit: int | None, out: Path) -> dict:
+def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -> dict:
     """Start a worker process and return its record plus its peak RSS read from the OS."""
     command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
-    command += ["--out", str(out)]
+    command += ["--seed", str(seed), "--out", str(out)]
     if limit:
         command += ["--limit", str(limit)]
     process = subprocess.Popen(command)
@@ -276,16 +278,24 @@ def summarise(runs: list[dict], machine: dict) -> dict:
             keys = ("tokens_per_second", "real_tokens_per_second", "peak_rss_gib",
                     "final_train_loss", "val_loss", "seconds")  # fmt: skip
             row = {key: _median([r[key] for r in records]) for key in keys}
+            # Validation loss varies with the seed: the mean over seeds, and each seed's.
+            row["val_loss"] = statistics.fmean(r["val_loss"] for r in records)
+            row["val_loss_by_seed"] = {r.get("seed", 0): r["val_loss"] for r in records}
             flops = 4 * records[0]["parameters"]
             row["mfu"] = flops * row["real_tokens_per_second"] / (peak * 1e9)
             row["runs"] = len(records)
             rows[trainer] = row
         if set(rows) == set(TRAINERS):
             f, t = rows["ftkit"], rows["trl"]
+            seeds = sorted(set(f["val_loss_by_seed"]) & set(t["val_loss_by_seed"]))
             rows["ratio"] = {
                 "speed": f["real_tokens_per_second"] / t["real_tokens_per_second"],
                 "memory": f["peak_rss_gib"] / t["peak_rss_gib"],
                 "val_loss_delta": f["val_loss"] - t["val_loss"],
+                "val_loss_delta_by_seed": {
+                    seed: f["val_loss_by_seed"][seed] - t["val_loss_by_seed"][seed]
+                    for seed in seeds
+                },
             }
         summary[method] = rows
     return summary
@@ -319,7 +329,14 @@ def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
                 f"| {method} | **ftkit / TRL** | | **{q['speed']:.2f}x** | | "
                 f"**{q['memory']:.2f}x** | | {q['val_loss_delta']:+.3f} |"
             )
+            per_seed = ", ".join(
+                f"seed {k}: {v:+.3f}" for k, v in q["val_loss_delta_by_seed"].items()
+            )
+            lines.append(f"| {method} | val loss ftkit - TRL by seed | | | | | | {per_seed} |")
     lines.append("")
+    lines.append(
+        "Medians over runs, except validation loss: the mean over seeds (round r: seed r)."
+    )
     lines.append(
         f"Matmul 2048x2048 on this machine: fp32 {machine['fp32_gflops']:.0f} GFLOP/s, "
         f"bf16 {machine['bf16_gflops']:.0f} GFLOP/s (MFU is against the bf16 figure when "
@@ -377,7 +394,9 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["qlora", "lora"])
-    parser.add_argument("--rounds", type=int, default=1, help="runs per trainer and method")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs per trainer and method; round r uses seed r")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
@@ -386,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.worker:
-        worker(args.worker, args.methods[0], args.limit, out)
+        worker(args.worker, args.methods[0], args.limit, args.seed, out)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
@@ -399,10 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for round_ in range(args.rounds):
         for method in args.methods:
-            order = TRAINERS if (round_ + len(runs) // 2) % 2 == 0 else TRAINERS[::-1]
+            # Alternate who goes first, pair by pair: ftkit, TRL, then TRL, ftkit, ...
+            order = TRAINERS if (len(runs) // 2) % 2 == 0 else TRAINERS[::-1]
             for trainer in order:
-                print(f"[bench] round {round_ + 1}: {trainer} {method} ...", flush=True)
-                record = run_worker(trainer, method, args.limit, out.with_suffix(".run.json"))
+                print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
+                      flush=True)  # fmt: skip
+                record = run_worker(trainer, method, args.limit, round_,
+                                    out.with_suffix(".run.json"))  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip

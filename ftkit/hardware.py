@@ -191,8 +191,10 @@ def release_heap() -> bool:
     Activations under the mmap threshold (most of a small model's: a batch of 8 x 94 tokens
     of 576 bf16 values is 0.85 MiB) come from the heap, and the holes they leave between
     steps stay resident. ftkit's trainer calls this after every backward pass on CPU: the
-    peak of a 256-example QLoRA run fell from 2.20 to 1.95 GiB (138 s either way; a
-    128-example A/B took 77 s against 74, within this machine's noise: benchmarks/RESULTS.md).
+    peak of a 256-example QLoRA run fell from 2.20 to 1.95 GiB (138 s either way). It does
+    cost a little time: 77 against 74 s on 128 examples, and 176 against 169 s for 40 steps
+    of notebook 03's run (peak 2.07 against 2.28 GiB): about 4%, paid for a tenth less
+    memory (benchmarks/RESULTS.md).
     Taught in notebooks/03_qlora_training.ipynb.
     """
     libc = _glibc()

@@ -1,7 +1,8 @@
 """ftkit's training against TRL's `SFTTrainer` on the same run, side by side, in one invocation.
 
     .venv/bin/python benchmarks/train_vs_trl.py                 # QLoRA and LoRA, one round each
-    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 2 --limit 256
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 3 --limit 256  # seeds 0-2
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --no-grouping  # random batches
 
 What is the same for both trainers: the embedded SmolLM2-135M-Instruct (loaded by
 `ftkit.training.load_for_training`, NF4 for QLoRA), the shipped support-ticket training split
@@ -96,13 +97,14 @@ def _data(limit: int | None):
     return list(splits["train"])[:limit], list(splits["validation"])
 
 
-def _config(method: str, seed: int):
+def _config(method: str, seed: int, grouping: bool = True):
     from ftkit.training import TrainConfig
 
     return TrainConfig(
         method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         num_epochs=EPOCHS, lr=LR, batch_size=BATCH, logging_steps=LOG_EVERY, eval_steps=None,
         save_steps=10**6, seed=seed, run_name=f"bench-{method}", overwrite=True,
+        group_by_length=grouping,
     )  # fmt: skip
 
 
@@ -165,7 +167,8 @@ def _bf16() -> bool:
     return detect_hardware().bf16
 
 
-def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -> None:
+def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
+           grouping: bool = True) -> None:  # fmt: skip
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
@@ -176,7 +179,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -
 
     quiet_bitsandbytes()
     train, validation = _data(limit)
-    config = _config(method, seed)
+    config = _config(method, seed, grouping)
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
     meter = _Meter()
@@ -188,6 +191,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -
         "trainer": trainer,
         "method": method,
         "seed": seed,
+        "length_grouped": grouping if trainer == "ftkit" else False,
         "precision": precision.name,
         "examples": len(train),
         "seconds": seconds,
@@ -216,10 +220,12 @@ def _parameters(model) -> int:
 # ----------------------------------------------------------------------------- parent side
 
 
-def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path) -> dict:
+def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
+               grouping: bool = True) -> dict:  # fmt: skip
     """Start a worker process and return its record plus its peak RSS read from the OS."""
     command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
     command += ["--seed", str(seed), "--out", str(out)]
+    command += [] if grouping else ["--no-grouping"]
     if limit:
         command += ["--limit", str(limit)]
     process = subprocess.Popen(command)
@@ -397,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per trainer and method; round r uses seed r")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-grouping", action="store_true",
+                        help="ftkit in random batches (group_by_length=False), as TRL")  # fmt: skip
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.worker:
-        worker(args.worker, args.methods[0], args.limit, args.seed, out)
+        worker(args.worker, args.methods[0], args.limit, args.seed, out, not args.no_grouping)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
@@ -424,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
                       flush=True)  # fmt: skip
                 record = run_worker(trainer, method, args.limit, round_,
-                                    out.with_suffix(".run.json"))  # fmt: skip
+                                    out.with_suffix(".run.json"), not args.no_grouping)  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip

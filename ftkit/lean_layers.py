@@ -177,11 +177,8 @@ def _short_or_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
     plain = (
         _training(module)
         and key.shape[2] <= SHORT_LENGTH
-        and not dropout
-        and (attention_mask is None or attention_mask.dtype == torch.bool)
         and (attention_mask is not None or is_causal is not False)
-        and query.shape[1] % key.shape[1] == 0
-        and all(kwargs.get(name) is None for name in ("softcap", "s_aux", "position_bias"))
+        and plain_products_apply(query, key, attention_mask, dropout, kwargs)
     )
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -189,6 +186,29 @@ def _short_or_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     output = short_attention(query, key, value, attention_mask, scale)
     return output.transpose(1, 2).contiguous(), None
+
+
+def plain_products_apply(query, key, attention_mask, dropout, kwargs) -> bool:
+    """Whether an attention call is one that plain products with grouped kv heads compute
+    exactly: no dropout, a boolean (or no) mask, whole groups of query heads per kv head,
+    and none of soft-capping, attention sinks or position biases.
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    return (
+        not dropout
+        and (attention_mask is None or attention_mask.dtype == torch.bool)
+        and query.shape[1] % key.shape[1] == 0
+        and all(kwargs.get(name) is None for name in ("softcap", "s_aux", "position_bias"))
+    )
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PeftModel (or `model` itself).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _register_short_attention() -> None:
@@ -225,8 +245,7 @@ def use_lean_layers(model: torch.nn.Module) -> list[str]:
     if not norms and not mlps:
         return []
     _register_short_attention()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(SHORT_ATTENTION)
+    base_model(model).set_attn_implementation(SHORT_ATTENTION)
     return [f"{norms} RMS norms", f"{mlps} SwiGLU MLPs", "short-sequence attention"]
 
 

@@ -36,7 +36,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ftkit.lean_layers import SHORT_ATTENTION
+from ftkit.lean_layers import SHORT_ATTENTION, base_model, plain_products_apply
 
 PREFIX_ATTENTION = "ftkit_prefix"  # the attention implementation's registered name
 _ACTIVE: ContextVar[DynamicCache | None] = ContextVar("ftkit_shared_prefix", default=None)
@@ -91,8 +91,9 @@ def shared_prefix(model, prefix_ids: torch.Tensor, batch: int) -> Iterator[Dynam
 
 
 def _on_sdpa(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    implementation = getattr(
+        getattr(base_model(model), "config", None), "_attn_implementation", None
+    )
     return implementation in ("sdpa", SHORT_ATTENTION)
 
 
@@ -106,7 +107,7 @@ def prefix_attention(model, cache: DynamicCache) -> Iterator[None]:
     """
     AttentionInterface.register(PREFIX_ATTENTION, _prefix_or_fallback)
     AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     previous = base.config._attn_implementation
     active, fallback = _ACTIVE.set(cache), _FALLBACK.set(previous)
     base.set_attn_implementation(PREFIX_ATTENTION)
@@ -163,10 +164,7 @@ def _prefix_or_fallback(module, query, key, value, attention_mask, dropout=0.0, 
         isinstance(layer, _PrefixLayer)
         and key is layer.keys
         and query.shape[2] == 1  # generating; reading a prompt, torch's flash kernel is faster
-        and not dropout
-        and (attention_mask is None or attention_mask.dtype == torch.bool)
-        and query.shape[1] % key.shape[1] == 0
-        and all(kwargs.get(name) is None for name in ("softcap", "s_aux", "position_bias"))
+        and plain_products_apply(query, key, attention_mask, dropout, kwargs)
     )
     if not shared:
         if isinstance(layer, _PrefixLayer) and key is layer.keys:

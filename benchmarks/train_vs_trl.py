@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/train_vs_trl.py                 # QLoRA and LoRA, one round each
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 3 --limit 256  # seeds 0-2
-    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --no-grouping  # random batches
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --micro-batch-tokens 0  # no split
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --group-by-length  # sorted batches
 
 What is the same for both trainers: the embedded SmolLM2-135M-Instruct (loaded by
 `ftkit.training.load_for_training`, NF4 for QLoRA), the shipped support-ticket training split
@@ -10,10 +11,17 @@ tokenized once by ftkit (TRL gets the token ids and the completion mask, so both
 exactly the same tokens with the same labels), LoRA r=16 / alpha 32 / dropout 0.05 on all
 linear layers, bf16 autocast where the CPU has it, batch 8, one epoch, lr 1e-3 with the same
 schedule and warm-up, the same seed (round r of `--rounds`: seed r), no packing, no
-gradient checkpointing, no evaluation or checkpoints during training. Each run is a
+gradient checkpointing, no evaluation or checkpoints during training, random batches
+(ftkit's default; `--group-by-length` for its length-grouped ones). ftkit runs each batch
+of 8 as length-sorted micro-batches of at most 512 padded tokens (its CPU default,
+`--micro-batch-tokens`), with the same gradient; its "trained tokens" count what the model
+was given after that trimming. Each run is a
 separate process (the parent reads its peak resident memory from the operating system
 with `wait4`), and the trainers alternate
 (ftkit, TRL, TRL, ftkit, ...) so a machine that slows down over time hurts neither more.
+
+TRL's worker gets oneDNN's own kernel cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024), as it
+runs without ftkit; importing ftkit keeps 64 kernels (ftkit.hardware), a saving of ftkit's.
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
@@ -97,14 +105,14 @@ def _data(limit: int | None):
     return list(splits["train"])[:limit], list(splits["validation"])
 
 
-def _config(method: str, seed: int, grouping: bool = True):
+def _config(method: str, seed: int, grouping: bool = False, micro: int | str = "auto"):
     from ftkit.training import TrainConfig
 
     return TrainConfig(
         method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         num_epochs=EPOCHS, lr=LR, batch_size=BATCH, logging_steps=LOG_EVERY, eval_steps=None,
         save_steps=10**6, seed=seed, run_name=f"bench-{method}", overwrite=True,
-        group_by_length=grouping,
+        group_by_length=grouping, micro_batch_tokens=micro,
     )  # fmt: skip
 
 
@@ -114,8 +122,19 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
     from ftkit import trainer as ftkit_trainer
     from ftkit.training import train as ftkit_train
 
-    collate = ftkit_trainer.Collator.__call__  # count the batches ftkit's collator builds
-    ftkit_trainer.Collator.__call__ = lambda self, batch: meter.add(collate(self, batch))
+    collate, split = ftkit_trainer.Collator.__call__, ftkit_trainer.micro_batches
+
+    def count_real(self, batch):  # real tokens in the batches ftkit's collator builds
+        tensors = collate(self, batch)
+        meter.real += int(tensors["attention_mask"].sum())
+        return tensors
+
+    def count_padded(inputs, max_tokens):  # padded tokens in what the model is given
+        pieces = split(inputs, max_tokens)
+        meter.padded += sum(int(piece["input_ids"].numel()) for piece in pieces)
+        return pieces
+
+    ftkit_trainer.Collator.__call__, ftkit_trainer.micro_batches = count_real, count_padded
     config = replace(config, runs_dir=str(runs_dir))
     result = ftkit_train(config, train, None, model=model, tokenizer=tokenizer, callbacks=[meter])
     losses = [r["loss"] for r in result.history if r["event"] == "train"]
@@ -168,18 +187,18 @@ def _bf16() -> bool:
 
 
 def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
-           grouping: bool = True) -> None:  # fmt: skip
+           grouping: bool = False, micro: int | str = "auto") -> None:  # fmt: skip
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
     from ftkit.hardware import detect_hardware
     from ftkit.models import quiet_bitsandbytes
-    from ftkit.trainer import loss_on
+    from ftkit.trainer import loss_on, micro_batch_budget
     from ftkit.training import choose_precision, load_for_training
 
     quiet_bitsandbytes()
     train, validation = _data(limit)
-    config = _config(method, seed, grouping)
+    config = _config(method, seed, grouping, micro)
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
     meter = _Meter()
@@ -192,6 +211,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
         "method": method,
         "seed": seed,
         "length_grouped": grouping if trainer == "ftkit" else False,
+        "micro_batch_tokens": micro_batch_budget(config, precision) if trainer == "ftkit" else 0,
         "precision": precision.name,
         "examples": len(train),
         "seconds": seconds,
@@ -221,14 +241,17 @@ def _parameters(model) -> int:
 
 
 def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
-               grouping: bool = True) -> dict:  # fmt: skip
+               grouping: bool = False, micro: int | str = "auto") -> dict:  # fmt: skip
     """Start a worker process and return its record plus its peak RSS read from the OS."""
     command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
     command += ["--seed", str(seed), "--out", str(out)]
-    command += [] if grouping else ["--no-grouping"]
+    command += ["--micro-batch-tokens", str(micro)] + (["--group-by-length"] if grouping else [])
     if limit:
         command += ["--limit", str(limit)]
-    process = subprocess.Popen(command)
+    # TRL runs with oneDNN's own kernel cache (1024 shapes), as it does without ftkit;
+    # ftkit's import keeps 64 (ftkit.hardware), part of what is measured for ftkit.
+    env = os.environ | ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"} if trainer == "trl" else {})
+    process = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
@@ -397,14 +420,20 @@ def versions() -> dict:
     return {"python": platform.python_version(), **found}
 
 
+def _budget(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["qlora", "lora"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per trainer and method; round r uses seed r")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--no-grouping", action="store_true",
-                        help="ftkit in random batches (group_by_length=False), as TRL")  # fmt: skip
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="ftkit in length-grouped batches (TRL: random batches)")  # fmt: skip
+    parser.add_argument("--micro-batch-tokens", default="auto", type=_budget,
+                        help="ftkit: auto, or a number (0: never split)")  # fmt: skip
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
@@ -413,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.worker:
-        worker(args.worker, args.methods[0], args.limit, args.seed, out, not args.no_grouping)
+        worker(args.worker, args.methods[0], args.limit, args.seed, out,
+               args.group_by_length, args.micro_batch_tokens)  # fmt: skip
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
@@ -423,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"[bench] matmul: {machine['fp32_gflops']:.0f} fp32 / {machine['bf16_gflops']:.0f} "
           "bf16 GFLOP/s", flush=True)  # fmt: skip
-    runs = []
+    runs, scratch = [], out.with_suffix(".run.json")
     for round_ in range(args.rounds):
         for method in args.methods:
             # Alternate who goes first, pair by pair: ftkit, TRL, then TRL, ftkit, ...
@@ -431,13 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             for trainer in order:
                 print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
                       flush=True)  # fmt: skip
-                record = run_worker(trainer, method, args.limit, round_,
-                                    out.with_suffix(".run.json"), not args.no_grouping)  # fmt: skip
+                record = run_worker(trainer, method, args.limit, round_, scratch,
+                                    args.group_by_length, args.micro_batch_tokens)  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip
                 runs.append(record)
-    out.with_suffix(".run.json").unlink(missing_ok=True)
+    scratch.unlink(missing_ok=True)
     evaluation = None
     if args.eval_tickets:
         print("[bench] evaluation speed ...", flush=True)

@@ -1,5 +1,5 @@
-"""The transformers `Trainer`, taught three things: a cheaper exact loss, similar-length
-batches that resume exactly, and refusing to go on after a NaN.
+"""The transformers `Trainer`, taught four things: a cheaper exact loss, micro-batches
+without padding, a data order that resumes exactly, and refusing to go on after a NaN.
 
 `ftkit.training.train` builds an `FtkitTrainer`; everything else (checkpoints with optimizer,
 scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP under
@@ -11,8 +11,16 @@ scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP
   the output layer keeps just those positions; the loss is the same cross-entropy, summed
   over the same tokens (tests/test_training.py checks loss and gradients against the full
   computation).
-- **length-grouped batches** from `LengthGroupedSampler`, in random order, seeded per
-  epoch so a resumed run sees exactly the batches the interrupted one would have seen;
+- **micro-batches** (`micro_batches`, on a CPU by default): a batch above
+  `micro_batch_tokens` padded tokens is run as length-sorted pieces, each trimmed to its own
+  longest row and each divided by the whole batch's labelled tokens, so the step's gradient
+  is the whole batch's while the padding mostly goes and only one piece's activations are
+  kept at a time (tests/test_training.py checks the gradients);
+- **random batches seeded per epoch** (`SeededRandomSampler`), or with
+  `group_by_length=True` batches of similar length (`LengthGroupedSampler`), so a resumed
+  run sees exactly the batches the interrupted one would have seen. Random is the default:
+  on the benchmark's 256 examples, length-grouped batches (less padding still) ended with a
+  validation loss up to 0.024 above TRL's random ones, never below (benchmarks/RESULTS.md);
 - **a divergence guard**: a NaN or infinite loss (or gradient) raises `TrainingDiverged`
   before the optimizer step, so no checkpoint after the last good step is ever written;
 - evaluation that does not disturb training: it runs under a saved-and-restored RNG state,
@@ -22,6 +30,7 @@ scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -76,6 +85,71 @@ class LengthGroupedSampler(Sampler):
         return iter([index for position in order for index in batches[position]])
 
 
+class SeededRandomSampler(Sampler):
+    """Examples in a random order drawn from seed + epoch, so a resumed run sees exactly the
+    batches the interrupted one would have seen (the same guarantee as LengthGroupedSampler).
+
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+
+    def __init__(self, count: int, seed: int = 0) -> None:
+        self.count = count  # examples
+        self.seed = seed
+        self.epoch = 0  # set by the Trainer (through accelerate) before each epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.count, generator=generator).tolist())
+
+
+def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
+    """Split a right-padded batch into micro-batches of at most `max_tokens` padded tokens.
+
+    Rows are sorted by length and cut into contiguous runs, and each run keeps only the
+    columns its longest row needs: a random batch of 8 loses most of its padding, and the
+    activations kept for the backward pass are those of one micro-batch, not of the whole
+    batch. A row longer than `max_tokens` goes alone. Packed rows (4-D attention mask) are
+    split by rows only. `max_tokens` 0 keeps the batch whole.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    mask = inputs["attention_mask"]
+    rows, width = inputs["input_ids"].shape
+    if max_tokens <= 0 or rows * width <= max_tokens:
+        return [inputs]
+    packed = mask.dim() != 2
+    lengths = torch.full((rows,), width) if packed else mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True).tolist()
+    runs, current = [], []
+    for row in order:  # shortest first: a run grows until its padded size would not fit
+        if current and (len(current) + 1) * int(lengths[row]) > max_tokens:
+            runs.append(current)
+            current = []
+        current.append(row)
+    runs.append(current)
+    pieces = []
+    for run in runs:
+        index = torch.tensor(run)
+        keep = int(lengths[index].max())
+        piece = {}
+        for key, value in inputs.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue  # scalars (num_tokens) describe the whole batch
+            value = value[index]
+            if value.dim() == 2:
+                value = value[:, :keep]
+            elif value.dim() == 4:
+                value = value[:, :, :keep, :keep]
+            piece[key] = value
+        pieces.append(piece)
+    return pieces
+
+
 class _KeepLabelledPositions:
     """Forward pre-hook on the output layer: when `keep` (batch x length, bool) is set, only
     the hidden states at those positions reach it, so only their logits are computed."""
@@ -119,9 +193,11 @@ def causal_lm_loss(
 class FtkitTrainer(Trainer):
     """`Trainer` with ftkit's loss, sampler, divergence guard and token counting."""
 
-    def __init__(self, *args, labelled_logits_only: bool = True, lengths=None, **kwargs):
+    def __init__(self, *args, labelled_logits_only: bool = True, lengths=None,
+                 micro_batch_tokens: int = 0, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.lengths = lengths  # tokens per training example, for the length-grouped sampler
+        self.micro_batch_tokens = micro_batch_tokens  # split larger batches (0: never)
         self.labelled_logits_only = labelled_logits_only
         self.model_accepts_loss_kwargs = True  # makes the Trainer count labelled tokens for us
         self.hook = _KeepLabelledPositions()
@@ -132,10 +208,11 @@ class FtkitTrainer(Trainer):
         self._last_log = (time.perf_counter(), 0, 0.0)  # time, tokens, eval seconds at last log
 
     def _get_train_sampler(self, train_dataset=None):
+        seed = self.args.data_seed or self.args.seed
         if self.lengths is None:
-            return super()._get_train_sampler(train_dataset)
+            return SeededRandomSampler(len(train_dataset or self.train_dataset), seed)
         per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedSampler(self.lengths, per_step, self.args.data_seed or self.args.seed)
+        return LengthGroupedSampler(self.lengths, per_step, seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {k: v for k, v in inputs.items() if k != "num_tokens"}
@@ -153,7 +230,17 @@ class FtkitTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         tokens = int(inputs.get("num_tokens", torch.tensor(0)).sum())
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        pieces = micro_batches(inputs, self.micro_batch_tokens)
+        if len(pieces) == 1:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        else:  # each piece's loss is divided by the whole batch's labelled tokens: same gradient
+            if num_items_in_batch is None:  # the Trainer counts them; a direct call may not
+                num_items_in_batch = self._get_num_items_in_batch([inputs], self.args.device)
+            loss = 0
+            for number, piece in enumerate(pieces, start=1):
+                last = number == len(pieces)  # DDP: gradients are averaged once, after the last
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    loss = loss + super().training_step(model, piece, num_items_in_batch)
         if self.args.device.type == "cpu":
             release_heap()  # the step's activations are freed: return their pages to the OS
         if not torch.isfinite(loss) or not self._gradients_finite(model):
@@ -253,6 +340,24 @@ class Collator:
         return tensors
 
 
+CPU_MICRO_BATCH_TOKENS = 512  # "auto" on a CPU: see micro_batch_budget
+
+
+def micro_batch_budget(config, precision) -> int:
+    """Padded tokens per forward pass above which a batch is split (0: never), from
+    `config.micro_batch_tokens`.
+
+    "auto" splits on a CPU only: there a forward pass's cost grows with its tokens, not its
+    rows, so sorted, trimmed micro-batches lose padding and keep half the activations for
+    about the same time (benchmarks/RESULTS.md). A GPU runs a whole batch faster than its
+    pieces one after another, so there "auto" keeps it whole.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    if config.micro_batch_tokens == "auto":
+        return CPU_MICRO_BATCH_TOKENS if precision.device == "cpu" else 0
+    return int(config.micro_batch_tokens)
+
+
 def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, checkpoint,
                   quiet=False) -> FtkitTrainer:  # fmt: skip
     """An `FtkitTrainer` with ftkit's callbacks; metrics.jsonl cut back to the checkpoint.
@@ -285,6 +390,7 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
         callbacks=[logger, *early, *watchers],
         labelled_logits_only=config.labelled_logits_only,
         lengths=[len(item.input_ids) for item in train_items] if config.group_by_length else None,
+        micro_batch_tokens=micro_batch_budget(config, precision),
     )
     trainer.ftkit_logger = logger
     if quiet:  # the monitor shows progress instead

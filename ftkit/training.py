@@ -66,7 +66,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # forward passes per optimizer step
     max_length: int = 512  # tokens per example; longer ones are cut at the end
     packing: bool = False  # several examples per row (pays off for long, uneven examples)
-    group_by_length: bool = True  # batches of similar length: less padding, faster steps
+    group_by_length: bool = False  # batches of similar length: less padding, but less random
+    micro_batch_tokens: int | str = "auto"  # split bigger batches (same step); 0: never
     labelled_logits_only: bool = True  # logits only where the loss needs them: same loss
     lean_layers: bool = True  # frozen norms, SwiGLU, short attention keep less: same loss
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
@@ -87,12 +88,17 @@ class TrainConfig:
 
         Taught in notebooks/03_qlora_training.ipynb.
         """
+        budget = self.micro_batch_tokens
         problems = [
             (self.method not in METHODS, f"method must be one of {METHODS}"),
             (self.precision not in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.batch_size < 1 or self.gradient_accumulation_steps < 1, "batch sizes >= 1"),
             (self.max_steps is not None and self.max_steps < 1, "max_steps >= 1, or None"),
             (self.max_length < 16, "max_length of at least 16 tokens"),
+            (
+                budget != "auto" and (type(budget) is not int or budget < 0),
+                'micro_batch_tokens "auto", 0 (never split) or a number of tokens',
+            ),
             (not 0 <= self.warmup_ratio < 1, "warmup_ratio in [0, 1)"),
             (self.lr <= 0, "a positive lr"),
         ]

@@ -25,7 +25,17 @@ from ftkit.generation import generate_replies
 from ftkit.hardware import HardwareInfo
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
-from ftkit.trainer import LengthGroupedSampler, _KeepLabelledPositions, causal_lm_loss, loss_on
+from ftkit.trainer import (
+    FtkitTrainer,
+    LengthGroupedSampler,
+    SeededRandomSampler,
+    _KeepLabelledPositions,
+    causal_lm_loss,
+    loss_on,
+    micro_batch_budget,
+    micro_batches,
+    training_arguments,
+)
 from ftkit.training import (
     TrainConfig,
     TrainingError,
@@ -137,6 +147,70 @@ def test_labelled_logits_give_the_same_loss_and_gradients(few):
     assert fast == pytest.approx(full, rel=1e-5)
     for name, grad in full_grads.items():
         assert torch.allclose(fast_grads[name], grad, rtol=1e-3, atol=1e-7), name
+
+
+def test_micro_batches_sort_rows_and_trim_padding(few, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    items = tokenize_examples(few[0][:8], tokenizer)
+    batch = collate(items, tokenizer)
+    lengths = batch["attention_mask"].sum(dim=1)
+    pieces = micro_batches(batch, max_tokens=int(lengths.max()) * 3)
+    assert len(pieces) >= 3
+    for piece in pieces:  # each piece fits, and its longest row decides its width
+        rows, width = piece["input_ids"].shape
+        assert rows * width <= int(lengths.max()) * 3
+        assert int(piece["attention_mask"].sum(dim=1).max()) == width
+    pairs = [zip(piece["input_ids"], piece["attention_mask"], strict=True) for piece in pieces]
+    rows = [ids[mask.bool()].tolist() for pair in pairs for ids, mask in pair]
+    assert sorted(rows) == sorted(item.input_ids for item in items)  # every row once, none cut
+    labelled = sum(int((piece["labels"] != -100).sum()) for piece in pieces)
+    assert labelled == int((batch["labels"] != -100).sum())
+    assert micro_batches(batch, 0) == [batch]  # 0: never split
+    assert micro_batches(batch, batch["input_ids"].numel()) == [batch]  # fits: whole
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", 512), ("cuda", 0)])
+def test_micro_batch_budget_auto_splits_on_cpu_only(device, expected):
+    precision = choose_precision(_cpu() if device == "cpu" else _gpu((8, 0)), "bf16")
+    assert micro_batch_budget(TrainConfig(), precision) == expected
+    assert micro_batch_budget(TrainConfig(micro_batch_tokens=300), precision) == 300
+
+
+def test_a_split_step_gives_the_gradients_of_the_whole_batch(few, tmp_path):
+    """FtkitTrainer.training_step over micro-batches: the same loss and gradients as one
+    pass over the whole batch (each piece is divided by the whole batch's labelled tokens)."""
+    model, tokenizer = load_model(dtype="fp32")
+    config = TrainConfig(method="lora", lora_dropout=0.0, precision="fp32")
+    model = add_adapters(model, config)
+    for name, param in model.named_parameters():  # non-zero B, so A gets gradients too
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    batch = collate(tokenize_examples(few[0][:6], tokenizer), tokenizer)
+    precision = choose_precision(_cpu(bf16=False), "fp32")
+    args = training_arguments(config, tmp_path, precision, evaluating=False, quiet=True)
+    results = []
+    for budget in (0, 2 * int(batch["attention_mask"].sum(dim=1).max())):
+        trainer = FtkitTrainer(model=model, args=args, processing_class=tokenizer,
+                               micro_batch_tokens=budget)  # fmt: skip
+        assert (len(micro_batches(batch, budget)) > 1) == (budget > 0)
+        model.zero_grad()
+        labelled = trainer._get_num_items_in_batch([batch], "cpu")  # as the Trainer passes it
+        loss = trainer.training_step(model, dict(batch), labelled)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float(loss), grads))
+    (whole, whole_grads), (split, split_grads) = results
+    assert split == pytest.approx(whole, rel=1e-5)
+    for name, grad in whole_grads.items():
+        assert torch.allclose(split_grads[name], grad, rtol=1e-3, atol=1e-7), name
+
+
+def test_random_sampler_is_seeded_per_epoch():
+    sampler = SeededRandomSampler(40, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(40)) and first != list(range(40))
+    assert list(SeededRandomSampler(40, seed=3)) == first  # a resumed run agrees
+    sampler.set_epoch(1)
+    assert list(sampler) != first
 
 
 class _Click(TrainerCallback):

@@ -17,8 +17,8 @@ of 8 as length-sorted micro-batches of at most 512 padded tokens (its CPU defaul
 `--micro-batch-tokens`), with the same gradient; its "trained tokens" count what the model
 was given after that trimming. Each run is a
 separate process (the parent reads its peak resident memory from the operating system
-with `wait4`), and the trainers alternate
-(ftkit, TRL, TRL, ftkit, ...) so a machine that slows down over time hurts neither more.
+with `wait4`), and which trainer goes first alternates (per method from round to round, and
+between methods within a round) so a machine that slows down over time hurts neither more.
 
 TRL's worker gets oneDNN's own kernel cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024), as it
 runs without ftkit; importing ftkit keeps 64 kernels (ftkit.hardware), a saving of ftkit's.
@@ -455,9 +455,10 @@ def main(argv: list[str] | None = None) -> int:
           "bf16 GFLOP/s", flush=True)  # fmt: skip
     runs, scratch = [], out.with_suffix(".run.json")
     for round_ in range(args.rounds):
-        for method in args.methods:
-            # Alternate who goes first, pair by pair: ftkit, TRL, then TRL, ftkit, ...
-            order = TRAINERS if (len(runs) // 2) % 2 == 0 else TRAINERS[::-1]
+        for index, method in enumerate(args.methods):
+            # Who goes first alternates from round to round for each method, and from
+            # method to method within a round (counting pairs did neither with two methods)
+            order = TRAINERS if (round_ + index) % 2 == 0 else TRAINERS[::-1]
             for trainer in order:
                 print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
                       flush=True)  # fmt: skip

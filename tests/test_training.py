@@ -366,8 +366,10 @@ def test_length_grouped_batches_come_in_random_order_longest_first():
 
 @pytest.mark.slow
 def test_torchrun_two_processes(few, tmp_path):
-    """The same config under `torchrun --nproc_per_node 2` (gloo on CPU): two ranks, one run."""
-    config = tiny(tmp_path, method="qlora", max_steps=3, batch_size=2, eval_steps=None)
+    """The same config under `torchrun --nproc_per_node 2` (gloo on CPU): two ranks, one run;
+    each rank's batch of 2 runs as two micro-batches (gradients synchronised after the last)."""
+    config = tiny(tmp_path, method="qlora", max_steps=3, batch_size=2, eval_steps=None,
+                  micro_batch_tokens=128)  # fmt: skip
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(config.__dict__))
     env = os.environ | {"OMP_NUM_THREADS": "1"}

@@ -52,42 +52,9 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN or infinite; training stopped before the step."""
 
 
-class LengthGroupedSampler(Sampler):
-    """A random order in which each batch holds examples of similar length (less padding).
-
-    transformers' sampler of the same name draws from the global RNG when an epoch starts,
-    which a resumed run cannot reproduce; this one seeds its own generator with seed + epoch.
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
-        self.lengths = list(lengths)  # tokens per example
-        self.batch_size = batch_size  # examples per optimizer step (micro-batch x accumulation)
-        self.seed = seed
-        self.epoch = 0  # set by the Trainer (through accelerate) before each epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        grouped = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
-        # transformers' groups come sorted longest first within each mega-batch of 4 to 50
-        # batches: steps in a row then see ever shorter (often similar) examples. Shuffling
-        # the batches keeps each one's low padding and restores a random order; the batch
-        # with the longest example stays first, so running out of memory happens at once.
-        size = self.batch_size
-        batches = [grouped[start : start + size] for start in range(0, len(grouped), size)]
-        order = [0, *(1 + torch.randperm(len(batches) - 1, generator=generator)).tolist()]
-        return iter([index for position in order for index in batches[position]])
-
-
 class SeededRandomSampler(Sampler):
     """Examples in a random order drawn from seed + epoch, so a resumed run sees exactly the
-    batches the interrupted one would have seen (the same guarantee as LengthGroupedSampler).
+    batches the interrupted one would have seen.
 
     Taught in notebooks/03_qlora_training.ipynb.
     """
@@ -103,9 +70,37 @@ class SeededRandomSampler(Sampler):
     def __len__(self) -> int:
         return self.count
 
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + self.epoch)
+
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.count, generator=generator).tolist())
+        return iter(torch.randperm(self.count, generator=self._generator()).tolist())
+
+
+class LengthGroupedSampler(SeededRandomSampler):
+    """A random order in which each batch holds examples of similar length (less padding).
+
+    transformers' sampler of the same name draws from the global RNG when an epoch starts,
+    which a resumed run cannot reproduce; this one seeds its own generator with seed + epoch.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths = list(lengths)  # tokens per example
+        self.batch_size = batch_size  # examples per optimizer step (micro-batch x accumulation)
+
+    def __iter__(self):
+        generator = self._generator()
+        grouped = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        # transformers' groups come sorted longest first within each mega-batch of 4 to 50
+        # batches: steps in a row then see ever shorter (often similar) examples. Shuffling
+        # the batches keeps each one's low padding and restores a random order; the batch
+        # with the longest example stays first, so running out of memory happens at once.
+        size = self.batch_size
+        batches = [grouped[start : start + size] for start in range(0, len(grouped), size)]
+        order = [0, *(1 + torch.randperm(len(batches) - 1, generator=generator)).tolist()]
+        return iter([index for position in order for index in batches[position]])
 
 
 def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
@@ -141,11 +136,7 @@ def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
             if not isinstance(value, torch.Tensor) or value.dim() == 0:
                 continue  # scalars (num_tokens) describe the whole batch
             value = value[index]
-            if value.dim() == 2:
-                value = value[:, :keep]
-            elif value.dim() == 4:
-                value = value[:, :, :keep, :keep]
-            piece[key] = value
+            piece[key] = value[:, :keep] if value.dim() == 2 else value  # 4-D: packed, full
         pieces.append(piece)
     return pieces
 

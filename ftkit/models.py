@@ -270,8 +270,9 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
                 and module.weight.device.type == "cpu"
                 and not getattr(module, _IN_FAST_BLOCK, False)  # an outer block serves it
             ):
-                state = module.weight.quant_state
-                saved.append((module, module.weight.data, copy.deepcopy(state)))
+                with torch.inference_mode(False):  # a copy that is not an inference tensor
+                    state = copy.deepcopy(module.weight.quant_state)
+                saved.append((module, module.weight.data, state))
                 module.support_avx512bf16_for_cpu = True
                 setattr(module, _IN_FAST_BLOCK, True)
     try:

@@ -55,6 +55,7 @@ TRAINING_CODE = (
     "trainer",
     "lora_dropout",
     "lean_layers",
+    "lean_4bit",
     "formatting",
     "faults",
     "models",

@@ -36,6 +36,7 @@ import torch
 from ftkit.callbacks import StopControl, stop_on_interrupt
 from ftkit.faults import TrainingError, divergence_advice, oom_advice, prepare_data
 from ftkit.hardware import HardwareInfo, detect_hardware, return_freed_memory
+from ftkit.lean_4bit import use_lean_4bit
 from ftkit.lean_layers import use_lean_layers
 from ftkit.lora_dropout import fuse_lora_dropout
 from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model, load_tokenizer
@@ -69,7 +70,7 @@ class TrainConfig:
     group_by_length: bool = False  # batches of similar length: less padding, but less random
     micro_batch_tokens: int | str = "auto"  # split bigger batches (same step); 0: never
     labelled_logits_only: bool = True  # logits only where the loss needs them: same loss
-    lean_layers: bool = True  # frozen norms, SwiGLU, short attention keep less: same loss
+    lean_layers: bool = True  # frozen norms, SwiGLU, attention, 4-bit layers: same loss
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
     logging_steps: int = 5  # log the training loss every this many steps
     eval_steps: int | None = 20  # validation loss every this many steps (None: at the end)
@@ -208,6 +209,7 @@ def add_adapters(model, config: TrainConfig):
     fuse_lora_dropout(model)  # same dropout, a fifth faster and leaner: see ftkit.lora_dropout
     if config.lean_layers:
         use_lean_layers(model)  # less kept for the backward pass: see ftkit.lean_layers
+        use_lean_4bit(model)  # QLoRA: no clone, scales dequantised once: see ftkit.lean_4bit
     return model
 
 

@@ -90,9 +90,12 @@ def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str 
     try:
         info = get_model_info(config.model)
     except (UnknownModelError, ValueError):
-        return head + (" Try a smaller batch_size (raise gradient_accumulation_steps to keep "
-                       "the effective batch), a shorter max_length, gradient_checkpointing=True, "
-                       "method='qlora', or a smaller model.")  # fmt: skip
+        return head + (
+            " Try a smaller batch_size (raise gradient_accumulation_steps to keep the effective"
+            " batch) or micro_batch_tokens (the batch run in pieces of at most that many padded"
+            " tokens), a shorter max_length, gradient_checkpointing=True, method='qlora', or a"
+            " smaller model."
+        )
 
     def gib(**change) -> str:
         setup = {"method": config.method, "batch_size": config.batch_size,
@@ -105,8 +108,10 @@ def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str 
     options = []
     if config.batch_size > 1:
         half, steps = config.batch_size // 2, config.gradient_accumulation_steps * 2
+        pieces = half * config.max_length  # padded tokens per piece: half the batch's rows
         options.append(f"batch_size={half}, gradient_accumulation_steps={steps} (same "
-                       f"effective batch): {gib(batch_size=half)}")  # fmt: skip
+                       f"effective batch), or micro_batch_tokens={pieces} (the same batch, "
+                       f"run in pieces): {gib(batch_size=half)}")  # fmt: skip
     if config.max_length > 128:
         options.append(f"max_length={config.max_length // 2}: "
                        f"{gib(max_length=config.max_length // 2)}")  # fmt: skip

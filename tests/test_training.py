@@ -332,12 +332,14 @@ def test_oom_advice_gives_options_with_estimates():
                          max_length=2048)  # fmt: skip
     message = oom_advice(config, gpu_memory_gb=15.6)
     assert "ran out of memory" in message and "15.6 GiB GPU" in message
-    for option in ("batch_size=4, gradient_accumulation_steps=2", "max_length=1024",
-                   "gradient_checkpointing=True", "method='qlora'", "a smaller model"):  # fmt: skip
+    for option in ("batch_size=4, gradient_accumulation_steps=2", "micro_batch_tokens=8192",
+                   "max_length=1024", "gradient_checkpointing=True", "method='qlora'",
+                   "a smaller model"):  # fmt: skip
         assert option in message
     assert message.count("GiB") >= 6
     generic = oom_advice(TrainConfig(model="/my/own/model"), None)
     assert "smaller batch_size" in generic and "gradient_checkpointing=True" in generic
+    assert "micro_batch_tokens" in generic
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch():

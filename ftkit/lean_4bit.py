@@ -27,7 +27,7 @@ import types
 
 import torch
 
-_SCALES = "_ftkit_block_scales"  # per layer: (quantisation state, absmax version, flat state)
+_SCALES = "_ftkit_block_scales"  # per layer: (state, its 8-bit scales, their version, flat state)
 
 
 def _training(module: torch.nn.Module) -> bool:
@@ -48,11 +48,12 @@ def flat_quant_state(layer: torch.nn.Module):
     state = layer.weight.quant_state
     if not state.nested:
         return state
-    # an inference tensor has no version counter (and changes only inside inference mode)
+    # an inference tensor has no version counter (and changes only inside inference mode);
+    # moving the layer to another device gives the same state a new scales tensor
     version = None if state.absmax.is_inference() else state.absmax._version
     kept = getattr(layer, _SCALES, None)
-    if kept is not None and kept[0] is state and kept[1] == version:
-        return kept[2]
+    if kept is not None and kept[0] is state and kept[1] is state.absmax and kept[2] == version:
+        return kept[3]
     scales = bnbf.dequantize_blockwise(state.absmax, state.state2)
     scales += state.offset
     flat = bnbf.QuantState(
@@ -63,7 +64,7 @@ def flat_quant_state(layer: torch.nn.Module):
         quant_type=state.quant_type,
         dtype=state.dtype,
     )
-    setattr(layer, _SCALES, (state, version, flat))
+    setattr(layer, _SCALES, (state, state.absmax, version, flat))
     return flat
 
 

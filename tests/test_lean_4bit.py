@@ -106,6 +106,9 @@ def test_block_scales_are_dequantised_once_and_again_when_they_change(models):
     finally:
         state.absmax.copy_(original)
     assert torch.equal(flat_quant_state(layer.base_layer).absmax, kept.absmax)
+    moved = flat_quant_state(layer.base_layer)
+    state.absmax = state.absmax.clone()  # as moving the layer to another device does
+    assert flat_quant_state(layer.base_layer) is not moved
 
 
 def test_outside_training_peft_runs_its_own_code(models):

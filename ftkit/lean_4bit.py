@@ -27,11 +27,9 @@ import types
 
 import torch
 
+from ftkit.lean_layers import _training
+
 _SCALES = "_ftkit_block_scales"  # per layer: (state, its 8-bit scales, their version, flat state)
-
-
-def _training(module: torch.nn.Module) -> bool:
-    return module.training and torch.is_grad_enabled()
 
 
 def flat_quant_state(layer: torch.nn.Module):
@@ -89,10 +87,11 @@ def _base_product(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return bnb.matmul_4bit(x, layer.weight, bias=bias, quant_state=state).to(inp_dtype)
 
 
-def _lean_applies(module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+def _lean_adapter(module: torch.nn.Module, args: tuple, kwargs: dict) -> str | None:
+    """The one active vanilla adapter when the lean path applies to this call, else None."""
     state = getattr(module.base_layer.weight, "quant_state", None)
     adapters = [name for name in module.active_adapters if name in module.lora_A]
-    return (
+    applies = (
         _training(module)
         and not args
         and not kwargs
@@ -103,13 +102,14 @@ def _lean_applies(module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
         and state is not None
         and not getattr(state, "packing_format_for_cpu", False)
     )
+    return adapters[0] if applies else None
 
 
 def _lean_lora_4bit_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    if not _lean_applies(self, args, kwargs):
+    name = _lean_adapter(self, args, kwargs)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     result = _base_product(self.base_layer, x)
-    (name,) = [name for name in self.active_adapters if name in self.lora_A]
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
     # peft's vanilla LoRA, step by step: its fp32 cast when autocast is off (or not), then
     # `lora_B(lora_A(dropout(x))) * scaling`, back to the result's dtype, added

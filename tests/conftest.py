@@ -41,7 +41,7 @@ def embedded_dir():
 
 @pytest.fixture(scope="session")
 def model_and_tokenizer(embedded_dir):
-    """The embedded model in the machine's compute dtype (bf16 on this CPU), eval mode."""
+    """The embedded model in the machine's compute dtype (bf16 where native, else fp32)."""
     return load_model()
 
 

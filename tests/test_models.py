@@ -10,6 +10,7 @@ import torch
 
 from ftkit.catalog import UnknownModelError
 from ftkit.generation import generate_replies
+from ftkit.hardware import cpu_has_bf16
 from ftkit.models import (
     ModelLoadError,
     fast_4bit_generation,
@@ -24,7 +25,9 @@ CAPITAL = [[{"role": "user", "content": "What is the capital of France?"}]]
 
 def test_embedded_model_answers_in_machine_dtype(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    assert model.dtype == torch.bfloat16  # this CPU has native bf16 (AVX512-BF16)
+    # bf16 where the CPU has it natively (AVX512-BF16 or AMX), else fp32: emulated bf16
+    # runs matrix products hundreds of times slower (seen on an AVX2-only AMD EPYC)
+    assert model.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)
     assert "Paris" in reply.text
@@ -110,7 +113,9 @@ def _generate_with_repacking():
 def test_generate_then_train_gives_exact_gradients(reference_gradients):
     """The bitsandbytes CPU trap (shared/FACTS.md): generating before training must not
     change the gradients LoRA receives. generate_replies uses the fast packed kernel inside
-    fast_4bit_generation, which restores the original weights afterwards."""
+    fast_4bit_generation, which restores the original weights afterwards. On a CPU without
+    AVX512-BF16 there is no fast kernel: the block must leave every layer alone."""
+    from bitsandbytes.functional import has_avx512bf16
     from bitsandbytes.nn import Linear4bit
 
     model, tokenizer = load_model(quantization="nf4")
@@ -118,13 +123,16 @@ def test_generate_then_train_gives_exact_gradients(reference_gradients):
     inputs = tokenizer.apply_chat_template(
         CAPITAL[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
+    fast = has_avx512bf16()
     with fast_4bit_generation(model) as fast_layers:
         model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        assert layer.weight.quant_state.packing_format_for_cpu  # the fast kernel really ran
+        packed = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+        assert packed == fast  # the fast kernel really ran, where this CPU has it
         with fast_4bit_generation(model) as nested:  # an inner block leaves it to the outer
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
-        assert nested == 0 and layer.weight.quant_state.packing_format_for_cpu  # still packed
-    assert fast_layers == 210
+        assert nested == 0
+        assert getattr(layer.weight.quant_state, "packing_format_for_cpu", False) == fast
+    assert fast_layers == (210 if fast else 0)
     assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)  # uses it too
     assert "Paris" in reply.text

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from ftkit.data import save_examples
 from ftkit.generation import generate_replies
+from ftkit.hardware import pick_dtype
 from ftkit.models import load_model
 from ftkit.plots import plot_losses, plot_runs
 from ftkit.runs import (
@@ -117,10 +118,12 @@ def test_merged_export_matches_the_adapter(trained, splits, tmp_path):
     can flip). Merged in fp32, greedy generations are identical."""
     config, _ = trained
     out = merge_and_export("v1", tmp_path / "merged", runs_dir=config.runs_dir)
-    assert any(out.glob("*.safetensors")) and (out / "tokenizer.json").is_file()
+    [weights] = out.glob("*.safetensors")
+    assert (out / "tokenizer.json").is_file()
+    assert {t.dtype for t in load_file(weights).values()} == {torch.bfloat16}  # 16-bit export
     merged, tokenizer = load_model(str(out))
-    adapter = load_run("v1", runs_dir=config.runs_dir, quantization=None)  # on a 16-bit base
-    assert merged.dtype == adapter.model.dtype == torch.bfloat16
+    adapter = load_run("v1", runs_dir=config.runs_dir, quantization=None)  # unquantised base
+    assert merged.dtype == adapter.model.dtype == pick_dtype()  # loaded in the machine's dtype
     examples = list(splits["validation"])[:8]
     base = loss_on(load_model()[0], tokenizer, examples)
     exported, unmerged = (loss_on(m, tokenizer, examples) for m in (merged, adapter.model))

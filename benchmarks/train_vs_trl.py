@@ -25,10 +25,12 @@ runs without ftkit; importing ftkit keeps 64 kernels (ftkit.hardware), a saving 
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
-adapter (ftkit.trainer.loss_on, the same function for both). Measured once: fp32 and bf16
-matmul throughput (2048 x 2048), which turns tokens per second into model-FLOPs utilisation
-(LoRA: about 4 N FLOPs per token, N the model's parameters), and evaluation speed: greedy
-generation for test tickets one at a time against batched (fp32, outputs compared).
+adapter (ftkit.trainer.loss_on, the same function for both). Measured once: the processor,
+whether it has native bf16, and fp32 and bf16 matmul throughput (2048 x 2048; smaller where
+the CPU only emulates bf16), which turns tokens per second into model-FLOPs utilisation
+(LoRA: about 4 N FLOPs per token, N the model's parameters; against the bf16 figure when
+training ran in bf16, else the fp32 one), and evaluation speed: greedy generation for test
+tickets one at a time against batched (fp32, outputs compared).
 
 Writes benchmarks/results/train_vs_trl.json, a plot next to it, and prints a Markdown
 table for benchmarks/RESULTS.md.
@@ -53,11 +55,23 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 BATCH, EPOCHS, LR, LOG_EVERY = 8, 1.0, 1e-3, 5
 
 
-def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float:
-    """Sustained n x n matmul throughput of this machine in GFLOP/s (best of short bursts)."""
+def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> tuple[float, int]:
+    """Sustained n x n matmul throughput of this machine in GFLOP/s (best of short bursts).
+
+    Returns the figure and the size it was measured at: a dtype this CPU only emulates (bf16
+    without AVX512-BF16 or AMX runs hundreds of times slower than fp32) is measured on
+    smaller matrices, so that the figure takes seconds rather than minutes.
+    """
     import torch
 
     dtype = getattr(torch, dtype_name)
+    probe = torch.randn(256, 256, dtype=dtype)
+    probe @ probe
+    started = time.perf_counter()
+    probe @ probe
+    rate = 2 * 256**3 / max(time.perf_counter() - started, 1e-9)  # FLOP/s, roughly
+    while n > 256 and 2 * n**3 / rate > seconds / 2:  # one product: under half the budget
+        n //= 2
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -67,7 +81,7 @@ def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> float
         for _ in range(4):
             a @ b
         best = max(best, 4 * 2 * n**3 / (time.perf_counter() - started) / 1e9)
-    return best
+    return best, n
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -295,8 +309,7 @@ def evaluation_speed(tickets: int, max_new_tokens: int) -> dict:
 
 def summarise(runs: list[dict], machine: dict) -> dict:
     """Medians per trainer and method, MFU, and ftkit's ratios to TRL."""
-    peak = machine["bf16_gflops"] if runs and runs[0]["precision"] == "bf16" else None
-    peak = peak or machine["fp32_gflops"]
+    peak = machine[f"{mfu_reference(runs)}_gflops"]
     table: dict = {}
     for record in runs:
         table.setdefault(record["method"], {}).setdefault(record["trainer"], []).append(record)
@@ -366,11 +379,7 @@ def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
     lines.append(
         "Medians over runs, except validation loss: the mean over seeds (round r: seed r)."
     )
-    lines.append(
-        f"Matmul 2048x2048 on this machine: fp32 {machine['fp32_gflops']:.0f} GFLOP/s, "
-        f"bf16 {machine['bf16_gflops']:.0f} GFLOP/s (MFU is against the bf16 figure when "
-        "training runs in bf16)."
-    )
+    lines.append(machine_line(machine))
     if evaluation:
         e = evaluation
         lines.append(
@@ -380,6 +389,29 @@ def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
             f"{e['identical_replies']} of {e['tickets']}."
         )
     return "\n".join(lines)
+
+
+def mfu_reference(runs: list[dict]) -> str:
+    """The matmul figure MFU is measured against: bf16 if every run trained in bf16."""
+    return "bf16" if runs and all(run["precision"] == "bf16" for run in runs) else "fp32"
+
+
+def machine_line(machine: dict) -> str:
+    """Which machine, its matmul figures, and which of them MFU is measured against."""
+    sizes = {d: machine.get(f"{d}_matmul_size", 2048) for d in ("fp32", "bf16")}
+    figures = ", ".join(
+        f"{d} {machine[f'{d}_gflops']:.{0 if machine[f'{d}_gflops'] >= 10 else 1}f} GFLOP/s "
+        f"({sizes[d]}x{sizes[d]})"
+        for d in ("fp32", "bf16")
+    )
+    reference = machine.get("mfu_reference", "bf16")
+    where = f"{machine['cpu']}, " if machine.get("cpu") else ""
+    native = {True: "native bf16", False: "no native bf16"}.get(machine.get("native_bf16"), "")
+    return (
+        f"Machine: {where}{machine['cpu_cores']} cores{', ' + native if native else ''}. "
+        f"Matmul: {figures}. MFU is against the {reference} figure (training ran in "
+        f"{reference})."
+    )
 
 
 def _loss(value: float | None) -> str:
@@ -446,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
                args.group_by_length, args.micro_batch_tokens)  # fmt: skip
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpu_cores": os.cpu_count(),
-        "fp32_gflops": matmul_gflops("float32"),
-        "bf16_gflops": matmul_gflops("bfloat16"),
-    }
-    print(f"[bench] matmul: {machine['fp32_gflops']:.0f} fp32 / {machine['bf16_gflops']:.0f} "
-          "bf16 GFLOP/s", flush=True)  # fmt: skip
+    from ftkit.hardware import cpu_has_bf16, cpu_name
+
+    machine = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "native_bf16": cpu_has_bf16()}
+    for dtype in ("fp32", "bf16"):
+        gflops, size = matmul_gflops({"fp32": "float32", "bf16": "bfloat16"}[dtype])
+        machine[f"{dtype}_gflops"], machine[f"{dtype}_matmul_size"] = gflops, size
+    print(f"[bench] {machine['cpu']}, {machine['cpu_cores']} cores, native bf16: "
+          f"{machine['native_bf16']}; matmul: {machine['fp32_gflops']:.0f} fp32 / "
+          f"{machine['bf16_gflops']:.1f} bf16 GFLOP/s", flush=True)  # fmt: skip
     runs, scratch = [], out.with_suffix(".run.json")
     for round_ in range(args.rounds):
         for index, method in enumerate(args.methods):
@@ -473,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_tickets:
         print("[bench] evaluation speed ...", flush=True)
         evaluation = evaluation_speed(args.eval_tickets, args.eval_new_tokens)
+    machine["mfu_reference"] = mfu_reference(runs)
     summary = summarise(runs, machine)
     command = "python benchmarks/train_vs_trl.py " + " ".join(argv or sys.argv[1:])
     results = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -10,7 +10,7 @@ import torch
 
 from ftkit.catalog import UnknownModelError
 from ftkit.generation import generate_replies
-from ftkit.hardware import cpu_has_bf16
+from ftkit.hardware import pick_dtype
 from ftkit.models import (
     ModelLoadError,
     fast_4bit_generation,
@@ -26,8 +26,9 @@ CAPITAL = [[{"role": "user", "content": "What is the capital of France?"}]]
 def test_embedded_model_answers_in_machine_dtype(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     # bf16 where the CPU has it natively (AVX512-BF16 or AMX), else fp32: emulated bf16
-    # runs matrix products hundreds of times slower (seen on an AVX2-only AMD EPYC)
-    assert model.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    # runs matrix products hundreds of times slower (seen on an AVX2-only AMD EPYC);
+    # pick_dtype's rule itself is tested in tests/test_hardware.py
+    assert model.dtype == pick_dtype()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)
     assert "Paris" in reply.text
@@ -110,6 +111,11 @@ def _generate_with_repacking():
     return model, tokenizer
 
 
+def _packed(layer) -> bool:
+    """Whether bitsandbytes has repacked this layer for its fast CPU kernel."""
+    return getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
 def test_generate_then_train_gives_exact_gradients(reference_gradients):
     """The bitsandbytes CPU trap (shared/FACTS.md): generating before training must not
     change the gradients LoRA receives. generate_replies uses the fast packed kernel inside
@@ -126,14 +132,13 @@ def test_generate_then_train_gives_exact_gradients(reference_gradients):
     fast = has_avx512bf16()
     with fast_4bit_generation(model) as fast_layers:
         model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        packed = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
-        assert packed == fast  # the fast kernel really ran, where this CPU has it
+        assert _packed(layer) == fast  # the fast kernel really ran, where this CPU has it
         with fast_4bit_generation(model) as nested:  # an inner block leaves it to the outer
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
         assert nested == 0
-        assert getattr(layer.weight.quant_state, "packing_format_for_cpu", False) == fast
+        assert _packed(layer) == fast  # the inner block left the layers to the outer
     assert fast_layers == (210 if fast else 0)
-    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert not _packed(layer)
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)  # uses it too
     assert "Paris" in reply.text
     grads = _lora_gradients(model, tokenizer)

@@ -14,11 +14,13 @@ each ends, so a long run shows where it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,20 @@ class NotebookRun:
     seconds: float  # wall time, kernel start included
     cells: int  # code cells executed
     sections: list[SectionRun] = field(default_factory=list)  # in notebook order
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` inside the block, as it was after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 class NotebookFailed(RuntimeError):
@@ -194,19 +210,30 @@ def run_series(
     only: Sequence[str] = (),
     parameters: dict | None = None,
     log: Callable[[str], None] = _say,
+    smoke_runs: str | os.PathLike | None = None,
 ) -> list[NotebookRun]:
     """Run the series (or the notebooks whose names start with `only`) into `out_dir`.
 
     Then write `out_dir/report.html` (see `ftkit.report`) and print the summary table.
+    In smoke mode the notebooks share one scratch runs folder (`ftkit.runs.runs_folder`), as
+    full mode's share `runs/`, so notebook 04 reuses notebook 03's fine-tune in both modes:
+    `smoke_runs`, kept afterwards, or else a temporary folder removed at the end.
     Taught in notebooks/01_choosing_a_base_model.ipynb.
     """
     from ftkit.report import write_report
+    from ftkit.runs import SMOKE_RUNS_ENV
 
     out_dir = Path(out_dir)
     notebooks = [p for p in series_notebooks() if not only or p.name.startswith(tuple(only))]
     if not notebooks:
         raise FileNotFoundError(f"No notebooks matching {list(only)} in {NOTEBOOK_DIR}.")
-    runs = [run_notebook(nb, out_dir / nb.name, mode, parameters, log=log) for nb in notebooks]
+    with contextlib.ExitStack() as stack:
+        if mode == "smoke":  # the kernels inherit this process's environment
+            if smoke_runs is None:
+                smoke_runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftkit-"))
+            stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
+        runs = [run_notebook(nb, out_dir / nb.name, mode, parameters, log=log)
+                for nb in notebooks]  # fmt: skip
     report = write_report(runs, out_dir)
     log(summary_table(runs))
     log(f"[ftkit] report: {report}")

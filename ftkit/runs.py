@@ -17,8 +17,10 @@ merged into a 16-bit copy of the base, saved as safetensors).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,15 +33,34 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints"}
 FINISHED = ("finished", "early stopping")  # statuses of a run that ended on its own
+SMOKE_RUNS_ENV = "FTKIT_SMOKE_RUNS"  # the scratch folder a smoke series shares (see runs_folder)
 
 
 class RunError(RuntimeError):
     """A run folder is missing, incomplete, or already taken; the message says what to do."""
 
 
-def _is_main_process() -> bool:
-    import os
+def runs_folder(mode: str) -> str:
+    """Where a notebook keeps its runs: `runs/` beside it in full mode; in smoke mode a
+    scratch folder, so a quick check never touches (or reuses) a learner's runs.
 
+    The scratch folder is `$FTKIT_SMOKE_RUNS` when set: `ftkit.runner.run_series` sets it,
+    so the notebooks of one smoke series share their runs as full mode's share `runs/`
+    (notebook 04 picks up notebook 03's fine-tune). Otherwise it is a new temporary folder.
+    Taught in notebooks/03_qlora_training.ipynb.
+    """
+    if mode == "full":
+        return "runs"
+    if mode != "smoke":
+        raise ValueError(f'MODE must be "full" or "smoke", not {mode!r}.')
+    shared = os.environ.get(SMOKE_RUNS_ENV)
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return shared
+    return tempfile.mkdtemp(prefix="ftkit-smoke-runs-")
+
+
+def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 

@@ -51,11 +51,14 @@ def smoke_series(tmp_path_factory):
     executed notebooks, progress lines and the HTML report in one build folder.
 
     tests/test_notebooks.py checks what each notebook shows, tests/test_report.py the
-    progress lines and the report: one execution (several minutes) serves both.
+    progress lines and the report: one execution (several minutes) serves both. The runs the
+    notebooks share (notebook 04 reuses notebook 03's fine-tune) stay in `runs_dir`, where
+    the browser test's notebook 04 finds them too.
     """
     from ftkit.runner import run_series
 
     out = tmp_path_factory.mktemp("build")
     lines: list[str] = []
-    runs = run_series(out, mode="smoke", log=lines.append)
-    return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines)
+    runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=out / "runs")
+    return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines,
+                           runs_dir=out / "runs")  # fmt: skip

@@ -35,6 +35,7 @@ import psutil
 import pytest
 
 from ftkit.runner import NOTEBOOK_DIR
+from ftkit.runs import SMOKE_RUNS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = NOTEBOOK_DIR / "04_prompt_vs_finetune.ipynb"
@@ -199,12 +200,18 @@ def _stop(process: subprocess.Popen, url: str, token: str) -> list[psutil.Proces
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """JupyterLab serving a smoke-mode copy of notebook 04 from a temporary root."""
+def lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
+    """JupyterLab serving a smoke-mode copy of notebook 04 from a temporary root.
+
+    Its kernel shares the smoke series' runs (`FTKIT_SMOKE_RUNS`), as notebook 04 in the
+    series shares notebook 03's: the fine-tune and the learning curve's runs are reused,
+    so the browser run spends its time on what the page shows, not on training again.
+    """
     root = tmp_path / "root"
     root.mkdir()
     notebook = smoke_copy(NOTEBOOK, root)
-    env = {**os.environ, **_lab_settings(tmp_path / "jupyter")}
+    env = {**os.environ, **_lab_settings(tmp_path / "jupyter"),
+           SMOKE_RUNS_ENV: str(smoke_series.runs_dir)}  # fmt: skip
     port, token = _free_port(), secrets.token_hex(16)
     url, log = f"http://127.0.0.1:{port}", tmp_path / "jupyter.log"
     command = [
@@ -324,6 +331,8 @@ def test_notebook04_comparator_in_a_browser(
             figures = page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img")
             assert figures.count() >= 3, "the score, cost and confusion plots should render"
             assert page.locator(".ftkit-comparator").count() == 1, "the comparator should render"
+            reused = page.locator(".jp-OutputArea-output", has_text="[ftkit] reusing").count()
+            assert reused >= 1, "notebook 04 should pick up the smoke series' fine-tune"
             # The picker filled the box with test ticket 1; the learner types over it.
             box = page.locator(".ftkit-comparator-input textarea")
             assert box.input_value() not in ("", TICKET)

@@ -57,6 +57,7 @@ EXPECTED = {
     "03_qlora_training_solutions": ["<b>Correct.</b>"] * 3,
     "04_prompt_vs_finetune": [
         "of them hand-written",  # the test split described
+        "[ftkit] reusing",  # notebook 03's fine-tune picked up, in smoke mode as in full
         "bootstrap 95% intervals",  # the comparison table, with intervals
         "The intervals",  # the verdict with this run's numbers
         "tokens** per request",  # prompt cost, measured

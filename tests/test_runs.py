@@ -4,9 +4,11 @@ checkpoint), merging and exporting it, and resuming after a SIGKILL to the same 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,12 +23,14 @@ from ftkit.hardware import pick_dtype
 from ftkit.models import load_model
 from ftkit.plots import plot_losses, plot_runs
 from ftkit.runs import (
+    SMOKE_RUNS_ENV,
     RunError,
     last_checkpoint,
     list_runs,
     load_run,
     merge_and_export,
     open_run_dir,
+    runs_folder,
 )
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import loss_on
@@ -284,3 +288,21 @@ def test_reuse_trains_again_when_the_data_changed(trained, splits, tmp_path, cap
     assert again.reused and again.steps == 2
     assert train(moved, list(splits["train"])[2:14], reuse=True).reused is False
     assert "the data, the base model's weights" in capsys.readouterr().out
+
+
+def test_runs_folder_keeps_smoke_runs_apart(tmp_path, monkeypatch):
+    """Full mode: runs/. Smoke mode: the series' shared scratch folder, else a fresh one."""
+    monkeypatch.delenv(SMOKE_RUNS_ENV, raising=False)
+    assert runs_folder("full") == "runs"
+    first, second = Path(runs_folder("smoke")), Path(runs_folder("smoke"))
+    try:
+        assert first != second and first.is_dir() and not any(first.iterdir())
+        assert Path(tempfile.gettempdir()) in first.parents
+    finally:
+        shutil.rmtree(first), shutil.rmtree(second)
+    shared = tmp_path / "series" / "runs"
+    monkeypatch.setenv(SMOKE_RUNS_ENV, str(shared))
+    assert runs_folder("smoke") == str(shared) and shared.is_dir()
+    assert runs_folder("full") == "runs"  # the learner's runs, whatever the environment says
+    with pytest.raises(ValueError, match='"full" or "smoke"'):
+        runs_folder("quick")

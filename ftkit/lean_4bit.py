@@ -66,9 +66,9 @@ def flat_quant_state(layer: torch.nn.Module):
     return flat
 
 
-def _base_product(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """bitsandbytes' `Linear4bit.forward` in training, with the kept block scales."""
-    import bitsandbytes as bnb
+def _product_inputs(layer: torch.nn.Module, x: torch.Tensor):
+    """What bitsandbytes' `Linear4bit.forward` does before its product, step for step:
+    `(x in the compute dtype, the bias to add, the dtype to return)`."""
     from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
 
     fix_4bit_weight_quant_state_from_module(layer)
@@ -83,6 +83,14 @@ def _base_product(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if bias.dtype != x.dtype:
             bias.data = bias.data.to(x.dtype)
         bias = bias.to(layer.compute_dtype)
+    return x, bias, inp_dtype
+
+
+def _base_product(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' `Linear4bit.forward` in training, with the kept block scales."""
+    import bitsandbytes as bnb
+
+    x, bias, inp_dtype = _product_inputs(layer, x)
     state = flat_quant_state(layer)
     return bnb.matmul_4bit(x, layer.weight, bias=bias, quant_state=state).to(inp_dtype)
 

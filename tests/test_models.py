@@ -120,7 +120,8 @@ def test_generate_then_train_gives_exact_gradients(reference_gradients):
     """The bitsandbytes CPU trap (shared/FACTS.md): generating before training must not
     change the gradients LoRA receives. generate_replies uses the fast packed kernel inside
     fast_4bit_generation, which restores the original weights afterwards. On a CPU without
-    AVX512-BF16 there is no fast kernel: the block must leave every layer alone."""
+    AVX512-BF16 there is no fast kernel: the block keeps dense weights beside the 4-bit
+    ones instead, and must leave no trace of them."""
     from bitsandbytes.functional import has_avx512bf16
     from bitsandbytes.nn import Linear4bit
 
@@ -137,14 +138,38 @@ def test_generate_then_train_gives_exact_gradients(reference_gradients):
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
         assert nested == 0
         assert _packed(layer) == fast  # the inner block left the layers to the outer
-    assert fast_layers == (210 if fast else 0)
-    assert not _packed(layer)
+    assert fast_layers == 210
+    assert not _packed(layer) and "forward" not in vars(layer)  # bitsandbytes' own forward
     [reply] = generate_replies(model, tokenizer, CAPITAL, max_new_tokens=12)  # uses it too
     assert "Paris" in reply.text
     grads = _lora_gradients(model, tokenizer)
     assert grads.keys() == reference_gradients.keys() and len(grads) == 2 * 210
     assert all(g.abs().sum() > 0 for g in grads.values()), "some LoRA weight got no gradient"
     assert max(_relative_errors(grads, reference_gradients).values()) == 0.0
+
+
+def test_fast_4bit_generation_computes_what_bitsandbytes_computes():
+    """Inside the block (packed kernel or weights dequantised once), the same logits."""
+    from bitsandbytes.functional import has_avx512bf16
+    from bitsandbytes.nn import Linear4bit
+
+    model, tokenizer = load_model(quantization="nf4")
+    layer = next(m for m in model.modules() if isinstance(m, Linear4bit))
+    inputs = tokenizer.apply_chat_template(
+        CAPITAL[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.inference_mode():
+        per_call = model(**inputs).logits
+        with fast_4bit_generation(model):
+            fast = model(**inputs).logits
+            again = model(**inputs).logits  # the second call reads the kept weights
+            assert ("forward" in vars(layer)) != has_avx512bf16()
+        after = model(**inputs).logits
+    assert torch.equal(after, per_call)
+    if has_avx512bf16():  # bf16-rounded scales in the repacked layout: close, not equal
+        assert fast[0, -1].argmax() == per_call[0, -1].argmax()
+    else:  # gemm_4bit's own dequantisation, kept: bit for bit
+        assert torch.equal(fast, per_call) and torch.equal(again, per_call)
 
 
 def test_trap_is_real_and_repaired(reference_gradients):

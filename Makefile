@@ -31,12 +31,12 @@ test: setup lint
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check ftkit tests notebooks benchmarks
-	$(PY) -m ruff format --check ftkit tests notebooks benchmarks
+	$(PY) -m ruff check ftkit tests benchmarks
+	$(PY) -m ruff format --check ftkit tests benchmarks
 
 format: setup
-	$(PY) -m ruff check --fix ftkit tests notebooks benchmarks
-	$(PY) -m ruff format ftkit tests notebooks benchmarks
+	$(PY) -m ruff check --fix ftkit tests benchmarks
+	$(PY) -m ruff format ftkit tests benchmarks
 
 clean:
 	rm -rf build .pytest_cache

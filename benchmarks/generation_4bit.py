@@ -1,5 +1,5 @@
 """Greedy generation from the 4-bit (NF4) model: plain `model.generate` on bitsandbytes'
-layers against the same call inside `ftkit.models.fast_4bit_generation`.
+layers against the same call inside `ftkit.fast.generation_4bit.fast_4bit_generation`.
 
     .venv/bin/python benchmarks/generation_4bit.py
     .venv/bin/python benchmarks/generation_4bit.py --batches 1 8 --new-tokens 40 --rounds 3
@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from bitsandbytes.functional import has_avx512bf16
 
+    from ftkit.config import TrainConfig
     from ftkit.evaluation import task_system_prompt
+    from ftkit.fast.generation_4bit import fast_4bit_generation
     from ftkit.hardware import cpu_name
-    from ftkit.models import fast_4bit_generation, load_model
+    from ftkit.models import load_model
     from ftkit.splits import load_dataset_splits
-    from ftkit.training import TrainConfig, add_adapters
+    from ftkit.training import add_adapters
 
     model, tokenizer = load_model(quantization="nf4")
     model = add_adapters(model, TrainConfig(method="qlora")).eval()

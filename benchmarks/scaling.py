@@ -36,16 +36,19 @@ def worker(length: int, batch: int, steps: int) -> dict:
     import torch
     from peft.helpers import disable_input_dtype_casting
 
-    from ftkit.hardware import detect_hardware
+    from ftkit.config import TrainConfig
+    from ftkit.fast import speed_up_training
+    from ftkit.hardware import choose_precision, detect_hardware
     from ftkit.models import quiet_bitsandbytes
     from ftkit.trainer import _KeepLabelledPositions, causal_lm_loss
-    from ftkit.training import TrainConfig, add_adapters, choose_precision, load_for_training
+    from ftkit.training import add_adapters, load_for_training
 
     quiet_bitsandbytes()
     config = TrainConfig(method="qlora")
     precision = choose_precision(detect_hardware())
     model, _ = load_for_training(config, precision)
     model = add_adapters(model, config)
+    speed_up_training(model, config.lean_layers)
     hook = _KeepLabelledPositions()
     model.get_output_embeddings().register_forward_pre_hook(hook)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -120,7 +120,7 @@ def _data(limit: int | None):
 
 
 def _config(method: str, seed: int, grouping: bool = False, micro: int | str = "auto"):
-    from ftkit.training import TrainConfig
+    from ftkit.config import TrainConfig
 
     return TrainConfig(
         method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -160,9 +160,11 @@ def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from ftkit.faults import prepare_data
+    from ftkit.formatting import tokenize_for_training
 
-    items = prepare_data(train, tokenizer, config, "train")  # the tokens ftkit trains on
+    items = tokenize_for_training(
+        train, tokenizer, config.max_length, config.packing
+    )  # the tokens ftkit trains on
     dataset = Dataset.from_dict(
         {
             "input_ids": [item.input_ids for item in items],
@@ -205,10 +207,10 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
-    from ftkit.hardware import detect_hardware
+    from ftkit.hardware import choose_precision, detect_hardware
     from ftkit.models import quiet_bitsandbytes
     from ftkit.trainer import loss_on, micro_batch_budget
-    from ftkit.training import choose_precision, load_for_training
+    from ftkit.training import load_for_training
 
     quiet_bitsandbytes()
     train, validation = _data(limit)

@@ -1,3 +1,3 @@
-from ftkit.cli import main
+from ftkit.course.cli import main
 
 raise SystemExit(main())

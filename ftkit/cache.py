@@ -26,11 +26,13 @@ MANIFEST = "ftkit-manifest.json"
 MANIFEST_VERSION = 1
 
 
-def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
-    """The SHA-256 hex digest of a file, read in 4 MiB chunks.
+def cache_root() -> Path:
+    """Where ftkit keeps converted models: $FTKIT_CACHE, else ~/.cache/ftkit."""
+    return Path(os.environ.get("FTKIT_CACHE") or Path.home() / ".cache" / "ftkit")
 
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+
+def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
+    """The SHA-256 hex digest of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
@@ -61,10 +63,7 @@ def write_manifest(directory: Path, source: Path, seconds: float) -> dict:
 
 
 def verify_cache(directory: Path, source: Path) -> list[str]:
-    """List what is wrong with a cached conversion (an empty list means it is sound).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """List what is wrong with a cached conversion (an empty list means it is sound)."""
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return [f"{manifest_path} is missing (conversion never finished)"]
@@ -100,10 +99,7 @@ def ensure_converted(
     convert: Callable[[Path, Path], None],
     rebuild: bool = False,
 ) -> Path:
-    """Return `target` holding a verified conversion of `source`, (re)building it if needed.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Return `target` holding a verified conversion of `source`, (re)building it if needed."""
     target = Path(target)
     if target.exists() and not rebuild:
         problems = verify_cache(target, source)

@@ -2,7 +2,7 @@
 
 `ftkit.training` runs the ecosystem's `Trainer`; this module adds the callbacks a learner
 watches it through, none of which draws anything (the notebook's `TrainingMonitor` in
-`ftkit.widgets` is one more callback on top):
+`ftkit.course.widgets` is one more callback on top):
 
 - `RunLogger` writes every log and evaluation as one JSON line to the run's metrics.jsonl
   (the same records `TrainResult.history` and `plot_losses` use);
@@ -32,10 +32,7 @@ EVAL_EXTRAS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second
 
 
 def to_record(logs: dict, step: int, epoch: float | None, elapsed: float) -> dict:
-    """Turn one `Trainer` log dict into an ftkit metrics record (train, eval or summary).
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Turn one `Trainer` log dict into an ftkit metrics record (train, eval or summary)."""
     if "eval_loss" in logs:
         event = "eval"
     elif "loss" in logs:
@@ -72,10 +69,7 @@ class RunLogger(TrainerCallback):
 
 
 def read_metrics(path: str | Path, up_to_step: int | None = None) -> list[dict]:
-    """Read a metrics.jsonl file (skipping a line cut short by a crash), up to a step.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Read a metrics.jsonl file (skipping a line cut short by a crash), up to a step."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -102,10 +96,7 @@ class StopControl(TrainerCallback):
         return self.reason is not None
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Ask training to end after the step in progress (safe from any thread or handler).
-
-        Taught in notebooks/03_qlora_training.ipynb.
-        """
+        """Ask training to end after the step in progress (safe from any thread or handler)."""
         self.reason = self.reason or reason
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -120,8 +111,6 @@ class StopControl(TrainerCallback):
 def stop_on_interrupt(stopper: StopControl) -> Iterator[None]:
     """First Ctrl-C (or Jupyter's interrupt button) stops cleanly after the current step;
     a second one raises KeyboardInterrupt at once. Only in the main thread (signals).
-
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -26,6 +26,7 @@ LORA_TARGETS = {
     "qv": ("q_proj", "v_proj"),  # the original LoRA paper's choice
 }
 _FUSED = {"qkv_proj": {"q_proj", "k_proj", "v_proj"}, "gate_up_proj": {"gate_proj", "up_proj"}}
+EMBEDDED_MODEL = "smollm2-135m-instruct"  # catalog name of the model ftkit ships (works offline)
 
 
 class UnknownModelError(ValueError):
@@ -61,10 +62,7 @@ class ModelInfo:
         return self.head_dim or self.hidden_size // self.num_heads
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear layer in one decoder layer.
-
-        Taught in notebooks/01_choosing_a_base_model.ipynb.
-        """
+        """(in_features, out_features) of each linear layer in one decoder layer."""
         h, f, d = self.hidden_size, self.intermediate_size, self.attention_head_dim
         q, kv = self.num_heads * d, self.num_kv_heads * d
         if self.fused_projections:  # Phi-3
@@ -84,10 +82,7 @@ class ModelInfo:
         return self.num_layers * sum(i * o for i, o in self.linear_shapes().values())
 
     def lora_modules(self, targets: str | Iterable[str] = "all-linear") -> tuple[str, ...]:
-        """The real module names LoRA wraps for a preset or a list of names (Phi-3: fused).
-
-        Taught in notebooks/01_choosing_a_base_model.ipynb.
-        """
+        """The real module names LoRA wraps for a preset or a list of names (Phi-3: fused)."""
         if isinstance(targets, str) and targets not in LORA_TARGETS:
             raise ValueError(
                 f"lora_targets={targets!r} is not a preset. Use one of {sorted(LORA_TARGETS)} "
@@ -104,10 +99,7 @@ class ModelInfo:
         return tuple(m for m in shapes if m in names or names & _FUSED.get(m, set()))
 
     def lora_params(self, lora_r: int = 16, targets: str | Iterable[str] = "all-linear") -> int:
-        """LoRA parameters (A and B, every layer) from the real shapes of the targeted layers.
-
-        Taught in notebooks/01_choosing_a_base_model.ipynb.
-        """
+        """LoRA parameters (A and B, every layer) from the real shapes of the targeted layers."""
         shapes = self.linear_shapes()
         return self.num_layers * sum(lora_r * sum(shapes[m]) for m in self.lora_modules(targets))
 
@@ -231,10 +223,7 @@ GPUS: dict[str, GPU] = {
 
 
 def get_gpu(gpu: GPU | str) -> GPU:
-    """Look up a card in `GPUS` by its key, or pass a `GPU` record through.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Look up a card in `GPUS` by its key, or pass a `GPU` record through."""
     if isinstance(gpu, GPU):
         return gpu
     if gpu not in GPUS:
@@ -246,10 +235,7 @@ def get_gpu(gpu: GPU | str) -> GPU:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """Look up a catalog model by its catalog name or hub id (any case).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Look up a catalog model by its catalog name or hub id (any case)."""
     key = str(name).strip().lower()
     for model in CATALOG.values():
         if key in (model.name, model.hub_id.lower()):
@@ -270,8 +256,5 @@ def _unknown_message(name: str) -> str:
 
 
 def list_models() -> list[ModelInfo]:
-    """Every catalog model, smallest first.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Every catalog model, smallest first."""
     return sorted(CATALOG.values(), key=lambda model: model.params)

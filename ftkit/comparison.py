@@ -26,6 +26,7 @@ from ftkit.evaluation import (
     pick_shots,
     restrict,
 )
+from ftkit.training import train
 
 
 @dataclass
@@ -62,10 +63,7 @@ class Comparison:
         return chosen
 
     def rows(self, metrics: Sequence[str] | None = None) -> list[dict]:
-        """One dict per approach: scores (in points), intervals, tokens and latency.
-
-        Taught in notebooks/04_prompt_vs_finetune.ipynb.
-        """
+        """One dict per approach: scores (in points), intervals, tokens and latency."""
         rows = []
         for result in self.results.values():
             keys = metrics or list(result.scores)
@@ -79,10 +77,7 @@ class Comparison:
         return rows
 
     def table_html(self, metrics: Sequence[str] | None = None) -> str:
-        """The comparison as an HTML table: points with 95% intervals, tokens, latency.
-
-        Taught in notebooks/04_prompt_vs_finetune.ipynb.
-        """
+        """The comparison as an HTML table: points with 95% intervals, tokens, latency."""
         import html
 
         metrics = list(metrics or [self.primary, "json_validity", *_accuracies(self)])
@@ -119,7 +114,6 @@ class Comparison:
 
         Model output is escaped, shown as text and never rendered as HTML. An answer with
         every label field right is green, one with some right amber, none right red.
-        Taught in notebooks/04_prompt_vs_finetune.ipynb.
         """
         import html
 
@@ -144,10 +138,7 @@ class Comparison:
         )
 
     def to_json(self, path: str | Path) -> Path:
-        """Save scores, costs and every prediction as JSON (the report reads it).
-
-        Taught in notebooks/04_prompt_vs_finetune.ipynb.
-        """
+        """Save scores, costs and every prediction as JSON (the report reads it)."""
         data = {
             "primary": self.primary,
             "settings": self.settings,
@@ -188,7 +179,6 @@ def compare(
     """Evaluate every approach on the same examples; see `Comparison` for the verdict.
 
     `model` is the fine-tuned PeftModel (its adapter is switched off for base approaches).
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     approaches = list(approaches)
     results = {}
@@ -212,10 +202,7 @@ def compare(
 
 
 def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
-    """The same approaches with the few-shot one re-set to `shots` examples (renamed).
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """The same approaches with the few-shot one re-set to `shots` examples (renamed)."""
     changed = []
     for approach in approaches:
         if approach.shots:
@@ -271,7 +258,7 @@ def subsample(examples: Sequence, n: int, seed: int = 0, label: str = "category"
     """n examples, stratified by `label` so small subsets still show every category.
 
     Nested: the first 25 of a seed are among its first 50, so a learning curve adds data
-    rather than swapping it. Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    rather than swapping it.
     """
     examples = list(examples)
     if n >= len(examples):
@@ -299,10 +286,7 @@ def learning_curve(
     learner). `known` maps a size to an `ApproachResult` already measured (the full run of
     the comparison): its answers to `test_examples` are scored rather than trained again. A
     point whose run already exists unchanged (`ftkit.reuse`) is reused, not trained again.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
-    from ftkit.training import train
-
     approach = approach or Approach("fine-tuned", model="finetuned")
     known = dict(known or {})
     points = []

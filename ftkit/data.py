@@ -326,8 +326,7 @@ def load_examples(
     """Load a JSONL/JSON/CSV file in any of the four shapes as checked chat examples.
 
     Strict (the default) raises one `DataError` listing every problem; strict=False
-    drops the bad rows and says why in `.report`. Taught in
-    notebooks/02_formatting_examples.ipynb.
+    drops the bad rows and says why in `.report`.
     """
     path = Path(path)
     _check_arguments(path, format, tokenizer, max_length)
@@ -347,10 +346,7 @@ def load_examples(
 
 
 def save_examples(examples: Iterable[Example], path: str | Path, format: str = "chat") -> Path:
-    """Write examples as JSONL (one record per line, UTF-8), in the chat shape by default.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Write examples as JSONL (one record per line, UTF-8), in the chat shape by default."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".ndjson"):
         raise ValueError(f"save_examples writes JSON Lines: name the file .jsonl, not {path.name}")

@@ -51,10 +51,7 @@ class TokenStats:
 
 
 def token_stats(tokenized: list[TokenizedExample]) -> TokenStats:
-    """Count tokens: lengths (mean, median, 95th percentile, max), totals, trained share.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Count tokens: lengths (mean, median, 95th percentile, max), totals, trained share."""
     if not tokenized:
         raise ValueError("token_stats: no examples given.")
     lengths = np.array([len(t.input_ids) for t in tokenized])
@@ -81,7 +78,6 @@ def measure_throughput(
     to the inputs through the frozen weights, which is what LoRA costs (its adapters add
     ~2%). Padding is not counted. `tokenized`: examples (tokenized or not); without them,
     random 128-token rows. The first step is a warm-up; gradients are cleared afterwards.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     if tokenized is None:
         random_ids = torch.randint(0, len(tokenizer), (batch_size, 128)).tolist()
@@ -155,7 +151,6 @@ def estimate_training_time(
     reaches on GPUs (model FLOPs utilisation, PaLM, Chowdhery et al. 2022, reports 30-46%);
     a small model on short rows reaches less, and QLoRA's dequantisation is not counted,
     so read the T4 figure as a lower bound on the time. Padding is not counted either.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     if method not in FLOPS_PER_TOKEN:
         raise ValueError(f"method must be one of {sorted(FLOPS_PER_TOKEN)}, not {method!r}.")

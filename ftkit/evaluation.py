@@ -28,8 +28,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+from ftkit.fast import fast_generation
 from ftkit.generation import Messages, generate_replies, parse_json
-from ftkit.models import fast_4bit_generation
+from ftkit.metrics import load_metric
+from ftkit.shipped import dataset_dir
 
 LABEL_FIELDS = ("category", "priority", "product")  # the support-ticket task's label fields
 PRIMARY = "labels_exact"  # share of answers with every label field right
@@ -51,23 +53,15 @@ class Approach:
 
 
 def task_system_prompt(dataset: str = "support_tickets") -> str:
-    """The engineered system prompt shipped with a dataset (data/<name>/system_prompt.txt).
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
-    from ftkit.splits import DATA_DIR
-
-    path = DATA_DIR / dataset / "system_prompt.txt"
+    """The engineered system prompt shipped with a dataset (its system_prompt.txt)."""
+    path = dataset_dir(dataset) / "system_prompt.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: dataset {dataset!r} ships no system prompt.")
     return path.read_text(encoding="utf-8").strip()
 
 
 def standard_approaches(system_prompt: str, shots: int = 3) -> list[Approach]:
-    """The five approaches of notebook 04, with `shots` examples for the few-shot one.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """The five approaches of notebook 04, with `shots` examples for the few-shot one."""
     return [
         Approach("base, zero-shot"),
         Approach("base + system prompt", system_prompt=system_prompt),
@@ -81,7 +75,7 @@ def pick_shots(pool: Sequence, k: int, seed: int = 0, label: str = "category") -
     """k solved examples from `pool`, covering as many values of `label` as k allows.
 
     Round-robin over the label's values in a seeded order, so 6 shots show 6 categories
-    rather than whatever came first. Taught in notebooks/04_prompt_vs_finetune.ipynb.
+    rather than whatever came first.
     """
     if k <= 0:
         return []
@@ -102,10 +96,7 @@ def pick_shots(pool: Sequence, k: int, seed: int = 0, label: str = "category") -
 
 
 def build_prompt(example, approach: Approach, shots: Sequence = ()) -> Messages:
-    """The conversation sent for one example: system prompt, solved examples, the question.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """The conversation sent for one example: system prompt, solved examples, the question."""
     messages: Messages = []
     if approach.system_prompt:
         messages.append({"role": "system", "content": approach.system_prompt})
@@ -159,10 +150,7 @@ class ApproachResult:
         return self.approach.name
 
     def wrong(self, field_name: str | None = None) -> list[Prediction]:
-        """Predictions with `field_name` wrong (any label field, or invalid JSON, if None).
-
-        Taught in notebooks/04_prompt_vs_finetune.ipynb.
-        """
+        """Predictions with `field_name` wrong (any label field, or invalid JSON, if None)."""
         fields_ = (field_name,) if field_name else LABEL_FIELDS
         return [p for p in self.predictions if not all(p.field_right(f) for f in fields_)]
 
@@ -184,10 +172,7 @@ def score_predictions(
     Returns (scores, intervals). Keys: `labels_exact` (every field in `fields` right: the
     primary metric), `<field>_accuracy`, `json_validity`, `exact_match` (the whole answer,
     summary included), `<label_field>_macro_f1` and `<text_field>_rouge_l`.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
-    from ftkit.metrics import load_metric
-
     outputs, references = list(outputs), list(references)
     common = {"n_resamples": n_resamples, "seed": seed}
     raw: dict[str, dict] = {
@@ -249,7 +234,6 @@ def evaluate_approach(
     longer be valid JSON is cut after `give_up_after` tokens (`generate_replies`): every
     score is the same as without the cut, which saves a rambling approach most of its time;
     latency is measured without it, as a user would wait.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     examples = list(examples)
     if not examples:
@@ -262,7 +246,7 @@ def evaluate_approach(
         )
     prompts = [build_prompt(example, approach, shots) for example in examples]
     order = sorted(range(len(prompts)), key=lambda i: _length(prompts[i]))  # less padding
-    with _adapter(model, approach), fast_4bit_generation(model):  # repacked once, not per batch
+    with adapter_for(model, approach), fast_generation(model):  # 4-bit prepared once, not per batch
         started = time.perf_counter()
         replies = [None] * len(prompts)
         for start in range(0, len(order), batch_size):
@@ -311,7 +295,7 @@ def evaluate_approach(
     )
 
 
-def _adapter(model, approach: Approach):
+def adapter_for(model, approach: Approach):
     """Switch the adapter off for base approaches (a no-op on a model without one)."""
     if approach.model == "base" and hasattr(model, "disable_adapter"):
         return model.disable_adapter()
@@ -335,10 +319,7 @@ def _labels(example) -> dict:
 
 def restrict(result: ApproachResult, examples: Sequence, n_resamples: int = 1000,
              seed: int = 0) -> ApproachResult:  # fmt: skip
-    """`result` on a subset of its examples (matched by id), scored again.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """`result` on a subset of its examples (matched by id), scored again."""
     wanted = [str(e.meta.get("id") or e.source) for e in examples]
     by_id = {p.id: p for p in result.predictions}
     missing = [i for i in wanted if i not in by_id]

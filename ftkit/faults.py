@@ -1,10 +1,9 @@
 """What can go wrong in training, caught early and explained: data, divergence, memory.
 
 `ftkit.training.train` calls these so that a learner reads a reason and a next step, not a
-traceback from deep inside a library:
+traceback from deep inside a library (`ftkit.formatting.tokenize_for_training` refuses, before
+any training, data in which nothing would train):
 
-- `prepare_data` refuses, before any training, an empty split or one in which no token
-  would train (every reply cut off by `max_length`, or no assistant message);
 - `divergence_advice` explains a NaN/inf loss (`ftkit.trainer.TrainingDiverged`) and names
   the last good checkpoint, which the trainer never overwrites with a bad step;
 - `oom_advice` answers a CUDA out-of-memory error with options, each with its peak memory
@@ -13,58 +12,16 @@ traceback from deep inside a library:
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ftkit.training import TrainConfig
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or cannot go on; the message says why and what to do."""
-
-
-def prepare_data(examples, tokenizer, config: TrainConfig, split: str = "train") -> list:
-    """Tokenize examples with completion-only labels (packed if asked); refuse useless data.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-
-    from ftkit.formatting import pack, tokenize_examples
-
-    examples = list(examples or [])
-    if not examples:
-        raise TrainingError(
-            f"The {split} data is empty: there is nothing to train on. Check the file you "
-            "loaded (ftkit.data.load_examples reports what it dropped and why)."
-        )
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            items = tokenize_examples(examples, tokenizer, config.max_length)
-    except ValueError as error:
-        raise TrainingError(f"Cannot train on the {split} data: {error}") from error
-    for warning in caught:
-        print(f"[ftkit] {split}: {warning.message}")
-    if not items:
-        raise TrainingError(
-            f"No token of the {len(examples)} {split} examples would train: every assistant "
-            f"reply lies beyond max_length={config.max_length} tokens, so all labels are "
-            "masked (-100). Raise max_length (see ftkit.estimates.token_stats)."
-        )
-    if config.packing and split == "train":
-        return pack(items, config.max_length)
-    return items if split == "train" else sorted(items, key=lambda item: len(item.input_ids))
+from ftkit.catalog import UnknownModelError, get_model_info, list_models
+from ftkit.config import TrainConfig
+from ftkit.memory import estimate_memory
+from ftkit.runs import last_checkpoint
 
 
 def divergence_advice(error: Exception, config: TrainConfig, run_dir: Path) -> str:
-    """Explain a NaN/inf loss: where it happened, the checkpoint that is intact, what to try.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit.runs import last_checkpoint
-
+    """Explain a NaN/inf loss: where it happened, the checkpoint that is intact, what to try."""
     good = last_checkpoint(run_dir)
     kept = f"The last good checkpoint is {good}" if good else "No checkpoint had been saved yet"
     return (
@@ -76,13 +33,7 @@ def divergence_advice(error: Exception, config: TrainConfig, run_dir: Path) -> s
 
 
 def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str = "fp16") -> str:
-    """What to change after a CUDA out-of-memory error, each option with its estimated peak.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit.catalog import UnknownModelError, get_model_info, list_models
-    from ftkit.memory import estimate_memory
-
+    """What to change after a CUDA out-of-memory error, each option with its estimated peak."""
     head = (
         f"The GPU ran out of memory training {config.model} ({config.method}, batch "
         f"{config.batch_size} x {config.max_length} tokens)."

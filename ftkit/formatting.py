@@ -9,9 +9,11 @@
   `SFTTrainer` trains on (tests/test_formatting.py checks every shipped example);
 - `collate` and `pack`: batches with right padding, or several examples per row without
   attention leaking between them;
+- `tokenize_for_training`: a whole split as the trainer takes it, refused with the reason
+  when nothing in it would train;
 
 How many tokens that makes and how long training takes is `ftkit.estimates`; the
-coloured token preview is `ftkit.preview`.
+coloured token preview is `ftkit.course.preview`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+
+from ftkit.config import TrainingError
 
 Messages = list[dict[str, str]]
 IGNORE_INDEX = -100  # a label the loss skips (the default ignore_index of torch cross_entropy)
@@ -81,10 +85,7 @@ def _source(example) -> str:
 
 
 def render(example, tokenizer, add_generation_prompt: bool = False) -> str:
-    """The conversation as text through the model's chat template: what the model really sees.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The conversation as text through the model's chat template: what the model really sees."""
     return tokenizer.apply_chat_template(
         _messages(example), tokenize=False, add_generation_prompt=add_generation_prompt
     )
@@ -133,7 +134,6 @@ def tokenize_example(example, tokenizer, max_length: int | None = None) -> Token
     template that renders a conversation's beginning the same way alone. System and user
     turns, the template's default system prompt and the generation header never train.
     Longer than `max_length`: the end is cut off (TRL's "keep_start") with labels aligned.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     messages, source = _messages(example), _source(example)
     if not any(message.get("role") == "assistant" for message in messages):
@@ -170,7 +170,6 @@ def tokenize_examples(examples, tokenizer, max_length: int | None = None) -> lis
 
     Like TRL, an example whose reply is cut off entirely by `max_length` is dropped (it has
     nothing to train on). A warning gives both counts; `ftkit.estimates.token_stats` counts them.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     tokenized = [tokenize_example(example, tokenizer, max_length) for example in examples]
     truncated = [t for t in tokenized if t.truncated]
@@ -192,7 +191,6 @@ def collate(batch, tokenizer, pad_to_multiple_of: int | None = None) -> dict[str
 
     For `PackedSequence` rows it also returns `position_ids`, and as `attention_mask` the
     4-D block-diagonal causal mask of `block_causal_mask` (bool: for "sdpa", the default).
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -238,7 +236,6 @@ def pack(tokenized: list[TokenizedExample], max_length: int) -> list[PackedSeque
     computed too, unless flash attention's variable-length kernels on a GPU skip them) and
     memory that grows with the tokens in a step: TRL's default max_length 1024 with batch 8
     puts 8,184 tokens in a step and peaked at 18.1 GiB here.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i].input_ids))
     rows: list[list[int]] = []
@@ -273,6 +270,41 @@ def _packed_row(items: list[TokenizedExample], members: list[int]) -> PackedSequ
     )
 
 
+def tokenize_for_training(
+    examples, tokenizer, max_length: int, packing: bool = False, split: str = "train"
+) -> list[TokenizedExample] | list[PackedSequence]:
+    """What a training split becomes: tokenized with completion-only labels, packed if asked
+    (train only), validation sorted by length; refuses data in which nothing would train.
+
+    An empty split, a conversation that cannot be tokenized (no assistant message), or one
+    in which every reply lies beyond `max_length` raise a `TrainingError` saying what to do,
+    before any model work; truncation warnings are printed, not hidden.
+    """
+    examples = list(examples or [])
+    if not examples:
+        raise TrainingError(
+            f"The {split} data is empty: there is nothing to train on. Check the file you "
+            "loaded (ftkit.data.load_examples reports what it dropped and why)."
+        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            items = tokenize_examples(examples, tokenizer, max_length)
+    except ValueError as error:
+        raise TrainingError(f"Cannot train on the {split} data: {error}") from error
+    for warning in caught:
+        print(f"[ftkit] {split}: {warning.message}")
+    if not items:
+        raise TrainingError(
+            f"No token of the {len(examples)} {split} examples would train: every assistant "
+            f"reply lies beyond max_length={max_length} tokens, so all labels are "
+            "masked (-100). Raise max_length (see ftkit.estimates.token_stats)."
+        )
+    if packing and split == "train":
+        return pack(items, max_length)
+    return items if split == "train" else sorted(items, key=lambda item: len(item.input_ids))
+
+
 def block_causal_mask(
     seq_lengths: list[list[int]], length: int, dtype: torch.dtype = torch.bool
 ) -> torch.Tensor:
@@ -280,7 +312,6 @@ def block_causal_mask(
 
     bool (True = may attend) suits "sdpa"; pass a float dtype for "eager" attention (0 where
     allowed, the dtype's minimum elsewhere). Padding forms a block of its own.
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     owner = torch.full((len(seq_lengths), length), -1)
     for row, lengths in enumerate(seq_lengths):

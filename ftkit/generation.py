@@ -5,22 +5,20 @@ embedded model; the evaluation harness builds on it. What it adds over
 `model.generate`: the chat template applied for you, left padding so a batch
 of prompts of different lengths generates correctly, stopping at the end of
 the assistant's turn, timing, and fast 4-bit generation on CPU that leaves
-the model exactly as trainable as before (`ftkit.models.fast_4bit_generation`).
+the model exactly as trainable as before (`ftkit.fast.fast_generation`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ftkit.models import fast_4bit_generation
-from ftkit.shared_prefix import shared_prefix
+from ftkit.fast import fast_generation
 
 Messages = list[dict[str, str]]
 
@@ -38,10 +36,7 @@ class Reply:
 
 
 def to_messages(prompt: str | Messages, system_prompt: str | None = None) -> Messages:
-    """Turn a user message (or a conversation) into chat messages, adding a system prompt.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Turn a user message (or a conversation) into chat messages, adding a system prompt."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
@@ -49,10 +44,7 @@ def to_messages(prompt: str | Messages, system_prompt: str | None = None) -> Mes
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end the assistant's turn: EOS plus the template's end-of-turn marker.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Token ids that end the assistant's turn: EOS plus the template's end-of-turn marker."""
     ids = {tokenizer.eos_token_id}
     for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
         token_id = tokenizer.convert_tokens_to_ids(marker)
@@ -76,11 +68,10 @@ def generate_replies(
 
     `share_prefix=True` reads the tokens every prompt of a batch starts with (a long system
     prompt, few-shot examples) once, not once per prompt, and keeps one copy of it, not one
-    per prompt: see `ftkit.shared_prefix`.
+    per prompt: see `ftkit.fast.shared_prefix`.
     `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
     become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
     not `max_new_tokens`, and every JSON score stays what it would have been.
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
     """
     replies = []
     for start in range(0, len(prompts), batch_size):
@@ -95,8 +86,6 @@ def generate_replies(
 def cannot_be_json(text: str) -> bool:
     """True once no continuation of `text` can parse as one JSON object (`parse_json`'s rule):
     it starts with something other than "{", or a whole object is followed by more text.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     text = text.lstrip()
     if not text:
@@ -167,9 +156,7 @@ def _generate_batch(
     started = time.perf_counter()
     with (
         torch.inference_mode(),
-        fast_4bit_generation(model),
-        _contiguous_logits_input(model),
-        shared_prefix(model, input_ids[:1, :prefix], len(prompts)) as cache,
+        fast_generation(model, input_ids[:1, :prefix], len(prompts)) as cache,
     ):
         output = model.generate(
             input_ids=input_ids,
@@ -197,25 +184,6 @@ def _generate_batch(
     ]
 
 
-@contextmanager
-def _contiguous_logits_input(model) -> Iterator[None]:
-    """Hand the output layer a contiguous input while generating: 1.7x faster on CPU.
-
-    The first step of `generate` computes logits for the last position only, a strided
-    slice `hidden[:, -1:, :]` of the whole prompt's states. torch's CPU `matmul` cannot fold
-    that 3-D view into one matrix product, so it expands the (vocabulary x hidden) weight
-    to one copy per prompt: for 32 prompts and a 49k vocabulary, 1.8 GB copied per batch,
-    40% of the time of a whole evaluation. A copy of the slice (37 KB) avoids it; the
-    logits are the same numbers (tests/test_generation.py).
-    """
-    layer = model.get_output_embeddings()
-    handle = layer.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _common_prefix(rows: list[list[int]]) -> int:
     """How many leading tokens every row shares (at most the shortest row minus one, so each
     prompt keeps a token of its own for the model to read)."""
@@ -234,10 +202,7 @@ def _count_new(row: torch.Tensor, stops: torch.Tensor) -> int:
 
 
 def parse_json(text: str) -> dict | None:
-    """Parse a reply as one JSON object; None if it is not exactly that (no repair, no guessing).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Parse a reply as one JSON object; None if it is not exactly that (no repair, no guessing)."""
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, TypeError):

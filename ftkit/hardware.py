@@ -12,24 +12,18 @@ capability instead: bf16 needs Ampere (8.0) or newer.
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import shutil
 from dataclasses import asdict, dataclass
 
+import psutil
 import torch
 
-BF16_MIN_CAPABILITY = (8, 0)  # Ampere: first NVIDIA generation with native bf16
+from ftkit.cache import cache_root
+from ftkit.config import TrainingError
 
-# torch's bf16 matrix products on a CPU go through oneDNN, which keeps a compiled kernel
-# (with its scratch memory) for every shape it meets, up to 1024 of them. Training batches
-# change shape at every step, so over a 256-example QLoRA run the process grew ~30 MB per
-# step and peaked at 1.78 GiB; with 64 kept it peaked at 1.50 GiB, as fast (same losses).
-# oneDNN reads this when it builds its first kernel, so setting it on `import ftkit` is in
-# time unless torch already multiplied bf16 matrices; a value you set yourself wins.
-ONEDNN_KERNELS_KEPT = 64
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_KERNELS_KEPT))
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: first NVIDIA generation with native bf16
 
 
 @dataclass(frozen=True)
@@ -91,32 +85,19 @@ def cpu_name() -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """True if this CPU computes bf16 natively (AVX512-BF16 or AMX).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """True if this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
 def cuda_has_bf16(capability: tuple[int, int]) -> bool:
-    """True if a GPU of this compute capability has native bf16 (Ampere, 8.0, or newer).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """True if a GPU of this compute capability has native bf16 (Ampere, 8.0, or newer)."""
     return tuple(capability) >= BF16_MIN_CAPABILITY
 
 
 def detect_hardware(cache_dir: str | os.PathLike | None = None) -> HardwareInfo:
-    """Look at this machine: GPU (if any), bf16/fp16 support, cores, memory and disk.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
-    import psutil
-
-    from ftkit.models import cache_root
-
+    """Look at this machine: GPU (if any), bf16/fp16 support, cores, memory and disk."""
     memory = psutil.virtual_memory()
     disk_path = cache_dir or cache_root()
     while not os.path.exists(disk_path):
@@ -150,64 +131,58 @@ def detect_hardware(cache_dir: str | os.PathLike | None = None) -> HardwareInfo:
     )
 
 
-def pick_dtype(hardware: HardwareInfo | None = None) -> torch.dtype:
-    """The compute dtype for this machine: bf16 where native, else fp16 on CUDA, else fp32.
+@dataclass
+class Precision:
+    """How training computes on this machine."""
 
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
+    dtype: torch.dtype  # the compute dtype (autocast), and the frozen base's dtype for LoRA
+    name: str  # "bf16", "fp16" or "fp32"
+    optimizer: str  # a TrainingArguments `optim` name
+    device: str  # "cuda" or "cpu" (or "mps")
+    reason: str  # one line a learner can read
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_REASONS = {
+    "bf16": "bf16 autocast: native on this hardware, no loss scaling needed",
+    "fp16": "fp16 autocast with loss scaling: this GPU has no native bf16",
+    "fp32": "fp32: this CPU has no native bf16 (fp16 would be slower than fp32 here)",
+}
+
+
+def choose_precision(
+    hardware: HardwareInfo | None = None, requested: str = "auto", optimizer: str = "auto"
+) -> Precision:
+    """Pick compute dtype and optimizer: bf16 where native, fp16 + loss scaling on T4s, else fp32.
+
+    The one precision rule of ftkit: loading, training, evaluation and the doctor all ask it.
     """
     hardware = hardware or detect_hardware()
-    if hardware.bf16:
-        return torch.bfloat16
-    if hardware.device == "cuda":
-        return torch.float16  # T4-class: fp16 with loss scaling, never emulated bf16
-    return torch.float32
+    cuda = hardware.device == "cuda"
+    if requested == "auto":
+        requested = "bf16" if hardware.bf16 else "fp16" if cuda else "fp32"
+    if requested == "bf16" and not hardware.bf16:
+        raise TrainingError(
+            f"precision='bf16', but {hardware.device_name} has no native bf16 (a T4 only "
+            "emulates it, many times slower). Use precision='auto'."
+        )
+    if requested == "fp16" and not cuda:
+        raise TrainingError("precision='fp16' needs a CUDA GPU (loss scaling); use 'auto'.")
+    if optimizer == "auto":
+        optimizer = "paged_adamw_8bit" if cuda else "adamw_torch"
+    return Precision(_DTYPES[requested], requested, optimizer, hardware.device, _REASONS[requested])
 
 
-MMAP_THRESHOLD = 1 << 20  # bytes: allocations this large get their own pages from the OS
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+def pick_dtype(hardware: HardwareInfo | None = None) -> torch.dtype:
+    """The compute dtype for this machine: bf16 where native, else fp16 on CUDA, else fp32."""
+    return choose_precision(hardware).dtype
 
 
-@functools.cache
-def _glibc():
-    """The C library when it is glibc on Linux (its malloc tuning applies), else None."""
-    import ctypes
-    import ctypes.util
+def half_dtype(hardware: HardwareInfo | None = None) -> torch.dtype:
+    """The 16-bit dtype to save weights in: fp16 on a GPU without bf16 (a T4), else bf16.
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Make glibc give freed activation memory back to the OS at once (Linux, CPU training).
-
-    A training step allocates and frees hundreds of activation tensors of 0.1-30 MB. glibc
-    raises its mmap threshold as large blocks are freed, so after the first steps they come
-    from its heap, which fragments and keeps the high-water mark: on this kit's QLoRA run
-    the peak resident memory was 2.7 GiB. With a fixed 1 MiB threshold every such tensor is
-    mapped and unmapped on its own: 2.1 GiB, same losses (benchmarks/RESULTS.md). A lower
-    threshold saves more but maps so often that training gets half again slower. Returns
-    False where it does not apply (not glibc). Taught in notebooks/03_qlora_training.ipynb.
+    Files keep 16 bits whatever the machine computes in (a CPU without native bf16 computes
+    in fp32, yet its exports load anywhere in bf16); `choose_precision` decides the compute.
     """
-    libc = _glibc()
-    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-
-
-def release_heap() -> bool:
-    """Hand the free pages inside glibc's heap back to the OS (`malloc_trim`); False where
-    it does not apply (not glibc).
-
-    Activations under the mmap threshold (most of a small model's: a batch of 8 x 94 tokens
-    of 576 bf16 values is 0.85 MiB) come from the heap, and the holes they leave between
-    steps stay resident. ftkit's trainer calls this after every backward pass on CPU: the
-    peak of a 256-example QLoRA run fell from 2.20 to 1.95 GiB (138 s either way). It does
-    cost a little time: 77 against 74 s on 128 examples, and 176 against 169 s for 40 steps
-    of notebook 03's run (peak 2.07 against 2.28 GiB): about 4%, paid for a tenth less
-    memory (benchmarks/RESULTS.md).
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    libc.malloc_trim(0)
-    return True
+    hardware = hardware or detect_hardware()
+    return torch.float16 if hardware.device == "cuda" and not hardware.bf16 else torch.bfloat16

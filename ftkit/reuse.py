@@ -19,20 +19,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ftkit.runs import FINISHED, config_changes, final_dir
-from ftkit.runs import RESUMABLE_CHANGES as BOOKKEEPING  # names, folders, logging: no weight
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from ftkit import __version__
+from ftkit.models import find_embedded_gguf, model_source, resolve_model
+from ftkit.runs import FINISHED, RESUMABLE_CHANGES, config_changes, final_dir
 
 VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
 
 def fingerprint(config, precision, train_items, val_items=None) -> str:
-    """A SHA-256 of everything that decides a run's adapter (see the module docstring).
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit import __version__
-
-    settings = {k: v for k, v in asdict(config).items() if k not in BOOKKEEPING}
+    """A SHA-256 of everything that decides a run's adapter (see the module docstring)."""
+    # names, folders, logging and kept checkpoints change no weight
+    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
     versions["ftkit code"] = training_code_id()  # an edited checkout trains again too
     header = {
@@ -50,27 +50,24 @@ def fingerprint(config, precision, train_items, val_items=None) -> str:
     return digest.hexdigest()
 
 
-TRAINING_CODE = (
-    "training",
-    "trainer",
-    "lora_dropout",
-    "lean_layers",
-    "lean_4bit",
-    "formatting",
-    "faults",
-    "models",
-)
+COURSE_ZONE = ("course",)  # ftkit's notebooks layer: it decides no weight of a run
 
 
-def training_code_id() -> str:
-    """A SHA-256 of the ftkit modules a training run executes (their source text).
+def training_code_id(root: Path | None = None) -> str:
+    """A SHA-256 of ftkit's own code a run may execute: every module outside the course zone.
 
-    Taught in notebooks/03_qlora_training.ipynb.
+    Found by package, not listed by name, so a module that moves or is added counts too: an
+    edited checkout (core or speed-ups) trains again rather than reuse a stale run. `root`
+    is the package folder (this installed ftkit by default).
     """
-    here = Path(__file__).parent
+    root = root or Path(__file__).parent
     digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        digest.update((here / f"{name}.py").read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in COURSE_ZONE or not (path.parent / "__init__.py").is_file():
+            continue  # the course zone, and scripts in data folders (not modules)
+        digest.update(f"{relative.as_posix()}\n".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -84,11 +81,7 @@ def _version(name: str) -> str:
 def base_weights_id(name: str) -> list:
     """What identifies the base model's weights: the embedded GGUF file, a local directory's
     weight files (names, sizes, modification times) or a hub snapshot (its commit folder).
-
-    Taught in notebooks/03_qlora_training.ipynb.
     """
-    from ftkit.models import find_embedded_gguf, model_source, resolve_model
-
     kind, where = resolve_model(name)
     if kind == "embedded":
         gguf = find_embedded_gguf()
@@ -104,7 +97,6 @@ def reusable_run(config, key: str) -> Path | None:
     """The folder of a finished run named `config.run_name` with fingerprint `key`, or None.
 
     Prints what it found: the run it reuses, or why an existing run cannot be reused.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     if not config.run_name:
         return None
@@ -146,13 +138,7 @@ def _not_reusable(path: Path, status: str, config, key: str) -> str | None:
 
 
 def load_adapter_into(model, adapter_dir: Path):
-    """Put a saved LoRA adapter's weights into `model`, a PeftModel with the same config.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    """Put a saved LoRA adapter's weights into `model`, a PeftModel with the same config."""
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     outcome = set_peft_model_state_dict(model, weights)
     missing = [k for k in getattr(outcome, "missing_keys", []) if "lora_" in k]

@@ -26,8 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 
+from ftkit import __version__
 from ftkit.callbacks import read_metrics
+from ftkit.catalog import get_model_info
+from ftkit.config import TrainConfig
+from ftkit.hardware import half_dtype
+from ftkit.models import load_model, resolve_model
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
@@ -44,10 +50,9 @@ def runs_folder(mode: str) -> str:
     """Where a notebook keeps its runs: `runs/` beside it in full mode; in smoke mode a
     scratch folder, so a quick check never touches (or reuses) a learner's runs.
 
-    The scratch folder is `$FTKIT_SMOKE_RUNS` when set: `ftkit.runner.run_series` sets it,
+    The scratch folder is `$FTKIT_SMOKE_RUNS` when set: `ftkit.course.runner.run_series` sets it,
     so the notebooks of one smoke series share their runs as full mode's share `runs/`
     (notebook 04 picks up notebook 03's fine-tune). Otherwise it is a new temporary folder.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     if mode == "full":
         return "runs"
@@ -65,10 +70,7 @@ def _is_main_process() -> bool:
 
 
 def open_run_dir(config, resume: bool) -> Path:
-    """The run's folder: created fresh, or found again for `resume`; never silently reused.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """The run's folder: created fresh, or found again for `resume`; never silently reused."""
     runs_dir = Path(config.runs_dir)
     name = config.run_name
     if name is None and resume:
@@ -97,10 +99,7 @@ def open_run_dir(config, resume: bool) -> Path:
 
 
 def check_resumable(config, path: Path) -> None:
-    """Refuse to resume a run with settings that change what it computes.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Refuse to resume a run with settings that change what it computes."""
     changed = config_changes(json.loads((path / "config.json").read_text())["config"], config)
     if changed:
         diffs = ", ".join(changed)
@@ -114,8 +113,6 @@ def check_resumable(config, path: Path) -> None:
 def config_changes(saved: dict, config) -> list[str]:
     """The settings of `config` that differ from a saved config.json's, as "field: old -> new"
     (names, folders and logging fields, `RESUMABLE_CHANGES`, do not count).
-
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     now = json.loads(json.dumps(asdict(config)))
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
@@ -139,10 +136,7 @@ def _refuse_finished(path: Path) -> None:
 
 
 def last_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest complete checkpoint of a run (one killed mid-save is skipped), or None.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """The newest complete checkpoint of a run (one killed mid-save is skipped), or None."""
     steps = {}
     for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
         match = CHECKPOINT.match(path.name)
@@ -165,12 +159,7 @@ def checkpoint_epoch(checkpoint: str | Path | None) -> float:
 
 
 def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str = "") -> None:
-    """Save config.json: the TrainConfig, what data it saw, ftkit's version, the fingerprint.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit import __version__
-
+    """Save config.json: the TrainConfig, what data it saw, ftkit's version, the fingerprint."""
     if not _is_main_process():
         return
     data = {"train": _data_summary(train_items), "validation": _data_summary(val_items)}
@@ -187,9 +176,6 @@ def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str
 
 def _base_model_id(name: str) -> str:
     """The id a model card names: the hub id (also for the embedded copy), or the directory."""
-    from ftkit.catalog import get_model_info
-    from ftkit.models import resolve_model
-
     kind, where = resolve_model(name)
     return get_model_info(where).hub_id if kind == "embedded" else where
 
@@ -209,10 +195,7 @@ def _data_summary(items) -> dict | None:
 
 
 def write_result(run_dir: Path, result, config, precision) -> None:
-    """Save result.json and the model card README.md of a finished (or stopped) run.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Save result.json and the model card README.md of a finished (or stopped) run."""
     keep = (
         *("status", "steps", "train_loss", "val_loss", "best_step", "seconds"),
         *("seconds_per_epoch", "tokens_per_second", "peak_memory_gb", "trainable_params"),
@@ -225,10 +208,7 @@ def write_result(run_dir: Path, result, config, precision) -> None:
 
 
 def model_card(run_dir: Path, config, summary: dict) -> str:
-    """A model card in Markdown: base model, data, hyperparameters, results, how to load.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """A model card in Markdown: base model, data, hyperparameters, results, how to load."""
     info = json.loads((run_dir / "config.json").read_text())
     data = info["data"]
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
@@ -307,12 +287,7 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a run folder's config, metrics and result, without loading any model.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit.training import TrainConfig
-
+    """Read a run folder's config, metrics and result, without loading any model."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RunError(f"{path} is not a run folder (no config.json). See list_runs().")
@@ -328,10 +303,7 @@ def read_run(path: str | Path) -> Run:
 
 
 def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
-    """Every run in `runs_dir`, oldest first (print one to see its status and loss).
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Every run in `runs_dir`, oldest first (print one to see its status and loss)."""
     folders = [p.parent for p in Path(runs_dir).glob("*/config.json")]
     return [read_run(p) for p in sorted(folders, key=lambda p: p.stat().st_mtime)]
 
@@ -343,12 +315,8 @@ def load_run(
     """Load a run with its adapter (or an earlier checkpoint's) on its base model.
 
     `quantization="as_trained"` loads the base in 4 bits for QLoRA runs (what it trained on);
-    None loads it unquantised, in `dtype`. Taught in notebooks/03_qlora_training.ipynb.
+    None loads it unquantised, in `dtype`.
     """
-    from peft import PeftModel
-
-    from ftkit.models import load_model
-
     path = Path(name) if Path(name).is_dir() else Path(runs_dir) / str(name)
     run = read_run(path)
     where = _adapter_source(run, checkpoint)
@@ -389,13 +357,7 @@ def merge_and_export(
     The base is loaded again in 16 bits (never the 4-bit weights QLoRA trained on, which
     would bake quantisation error into the export). In 16 bits W + BA is rounded, so the
     export is close to the adapter, not identical; `dtype=torch.float32` merges exactly.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
-    from peft import PeftModel
-
-    from ftkit.hardware import detect_hardware
-    from ftkit.models import load_model
-
     run = (
         run
         if isinstance(run, Run)
@@ -403,42 +365,9 @@ def merge_and_export(
     )
     if run.config.method == "full":
         raise RunError(f"{run.name} is a full fine-tune: {run.path / 'model'} is already whole.")
-    hardware = detect_hardware()
-    if dtype is None:
-        dtype = torch.float16 if hardware.device == "cuda" and not hardware.bf16 else torch.bfloat16
-    base, tokenizer = load_model(run.config.model, quantization=None, dtype=dtype)
+    base, tokenizer = load_model(run.config.model, quantization=None, dtype=dtype or half_dtype())
     merged = PeftModel.from_pretrained(base, str(_adapter_source(run, None))).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
-
-
-def reuse_or_train(config, train_examples, validation_examples=None, monitor=None) -> Run:
-    """The finished run `config.run_name` if it fine-tuned the same base model with the same
-    method, else a run trained now with `config`; returned loaded (`run.model`, `run.tokenizer`).
-
-    Notebook 04 uses it to pick up notebook 03's fine-tune (whatever settings the learner
-    chose there) instead of training it twice; `run.config` says how it was trained.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
-    from dataclasses import replace
-
-    from ftkit.training import train
-
-    path = Path(config.runs_dir) / str(config.run_name)
-    if config.run_name and (path / "result.json").is_file():
-        saved = read_run(path)
-        status = saved.result.get("status")
-        same = (saved.config.model, saved.config.method) == (config.model, config.method)
-        if same and status in FINISHED:
-            print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
-                  f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
-            return load_run(path)
-        why = status if same else f"{saved.config.method} of {saved.config.model}"
-        print(f"[ftkit] {path} is not reusable ({why}): training it again")
-    result = train(replace(config, overwrite=True), train_examples, validation_examples,
-                   monitor=monitor)  # fmt: skip
-    run = read_run(result.run_dir)
-    run.model, run.tokenizer = result.model, result.tokenizer
-    return run

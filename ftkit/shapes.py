@@ -10,7 +10,7 @@ example back into any shape that can hold it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ftkit.validation import (
     CHAT_ROLES,
@@ -23,8 +23,14 @@ from ftkit.validation import (
     suggest,
 )
 
-if TYPE_CHECKING:
-    from ftkit.data import Example
+
+class ChatExample(Protocol):
+    """What `to_format` reads of an example (`ftkit.data.Example` is one)."""
+
+    messages: list[dict[str, str]]
+    source: str
+    meta: dict
+
 
 FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
 SHAREGPT_NAMES = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -47,10 +53,7 @@ SHAPE_HELP = (
 
 
 def detect_shape(record: dict) -> str | None:
-    """The shape a record's keys say it is in, or None when no known key is there.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The shape a record's keys say it is in, or None when no known key is there."""
     for shape, keys in REQUIRED_KEYS.items():
         if any(key in record for key in keys):
             return shape
@@ -58,10 +61,7 @@ def detect_shape(record: dict) -> str | None:
 
 
 def unknown_shape_issue(record: dict) -> Issue:
-    """The issue for a record whose keys match no shape, with a close key suggested.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The issue for a record whose keys match no shape, with a close key suggested."""
     known = [key for keys in SHAPE_KEYS.values() for key in keys]
     hints = "".join(suggest(key, known) for key in record)[:80]
     keys = ", ".join(map(repr, record)) or "none"
@@ -69,10 +69,7 @@ def unknown_shape_issue(record: dict) -> Issue:
 
 
 def parse_record(record: dict, shape: str) -> tuple[list[dict] | None, list[Issue]]:
-    """Turn one record of `shape` into chat messages; (None, issues) when it has problems.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Turn one record of `shape` into chat messages; (None, issues) when it has problems."""
     if shape == "alpaca":
         return _parse_alpaca(record)
     if shape == "prompt_completion":
@@ -124,11 +121,8 @@ def _parse_prompt_completion(record: dict) -> tuple[list[dict] | None, list[Issu
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], []
 
 
-def to_format(example: Example, format: str = "chat") -> dict:
-    """The example as a record in `format` (chat, prompt_completion, alpaca, sharegpt).
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+def to_format(example: ChatExample, format: str = "chat") -> dict:
+    """The example as a record in `format` (chat, prompt_completion, alpaca, sharegpt)."""
     messages = [dict(message) for message in example.messages]
     if format == "chat":
         return {"messages": messages, **example.meta}

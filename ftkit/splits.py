@@ -3,7 +3,7 @@
 A test score means something only if the model never saw those inputs in training.
 `split_examples` keeps identical inputs in one split and every label in proportion;
 `find_overlap` and `check_splits` catch the same input in two splits (ignoring case
-and spacing); `load_dataset_splits` loads a dataset shipped in data/ and runs that check.
+and spacing); `load_dataset_splits` loads a dataset ftkit ships and runs that check.
 
 Sizes are round(n * fraction); each label gets its share rounded down or up (largest
 remainder), so every class is within one example of its proportion. Small classes:
@@ -19,30 +19,23 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from ftkit.data import Example, Examples, load_examples
+from ftkit.shipped import dataset_dir
 from ftkit.validation import Problem, place
 
 SPLITS = ("train", "validation", "test")
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the shipped datasets
 
 
 def input_key(example: Any) -> str:
-    """The user input of an example, lower-cased with whitespace collapsed, for matching.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The user input of an example, lower-cased with whitespace collapsed, for matching."""
     text = "\n".join(m["content"] for m in example.messages if m["role"] == "user")
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def find_overlap(a: Iterable[Example], b: Iterable[Example]) -> list[tuple[Example, Example]]:
-    """Pairs (example in a, example in b) with the same user input (ignoring case, spacing).
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Pairs (example in a, example in b) with the same user input (ignoring case, spacing)."""
     seen: dict[str, list[Example]] = {}
     for example in a:
         seen.setdefault(input_key(example), []).append(example)
@@ -52,10 +45,7 @@ def find_overlap(a: Iterable[Example], b: Iterable[Example]) -> list[tuple[Examp
 def check_splits(
     train: Iterable[Example], validation: Iterable[Example] = (), test: Iterable[Example] = ()
 ) -> list[Problem]:
-    """A problem for every input found in two splits (placed on the later split's copy).
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """A problem for every input found in two splits (placed on the later split's copy)."""
     splits = {"train": list(train), "validation": list(validation), "test": list(test)}
     problems = []
     for one, other in (("train", "validation"), ("train", "test"), ("validation", "test")):
@@ -76,7 +66,7 @@ def split_examples(
     """Split into (train, validation, test): seeded, stratified by a meta label, leak-free.
 
     Identical inputs (ignoring case and spacing) always land in the same split. Each
-    split keeps the original order. Taught in notebooks/02_formatting_examples.ipynb.
+    split keeps the original order.
     """
     examples = list(examples)
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
@@ -147,14 +137,8 @@ def _allocate(sizes: dict[Any, int], total: int, room: dict[Any, int]) -> dict[A
 def load_dataset_splits(
     name: str = "support_tickets", strict: bool = True, tokenizer=None, max_length=None
 ) -> dict[str, Examples]:
-    """Load data/<name>/{train,validation,test}.jsonl; an input in two splits is a warning.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
-    folder = DATA_DIR / name
-    if not folder.is_dir():
-        shipped = sorted(p.name for p in DATA_DIR.glob("*") if p.is_dir())
-        raise FileNotFoundError(f"No dataset {name!r} in {DATA_DIR}. Shipped: {shipped}.")
+    """Load a shipped dataset's train, validation and test splits; an input in two is a warning."""
+    folder = dataset_dir(name)
     splits = {
         split: load_examples(folder / f"{split}.jsonl", "auto", strict, tokenizer, max_length)
         for split in SPLITS

@@ -44,8 +44,9 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ftkit.callbacks import RunLogger, read_metrics
-from ftkit.formatting import IGNORE_INDEX
-from ftkit.hardware import release_heap
+from ftkit.formatting import IGNORE_INDEX, collate, tokenize_examples
+from ftkit.hardware import pick_dtype
+from ftkit.runs import checkpoint_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,8 +56,6 @@ class TrainingDiverged(RuntimeError):
 class SeededRandomSampler(Sampler):
     """Examples in a random order drawn from seed + epoch, so a resumed run sees exactly the
     batches the interrupted one would have seen.
-
-    Taught in notebooks/03_qlora_training.ipynb.
     """
 
     def __init__(self, count: int, seed: int = 0) -> None:
@@ -82,7 +81,6 @@ class LengthGroupedSampler(SeededRandomSampler):
 
     transformers' sampler of the same name draws from the global RNG when an epoch starts,
     which a resumed run cannot reproduce; this one seeds its own generator with seed + epoch.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0) -> None:
@@ -111,7 +109,6 @@ def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
     activations kept for the backward pass are those of one micro-batch, not of the whole
     batch. A row longer than `max_tokens` goes alone. Packed rows (4-D attention mask) are
     split by rows only. `max_tokens` 0 keeps the batch whole.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     mask = inputs["attention_mask"]
     rows, width = inputs["input_ids"].shape
@@ -161,7 +158,6 @@ def causal_lm_loss(
 
     With `labelled_only` (and the hook on the model's output layer), logits are computed at
     labelled positions only; the sum is the same as from the full logits.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     inputs = dict(inputs)
     labels = inputs.pop("labels")
@@ -232,8 +228,6 @@ class FtkitTrainer(Trainer):
                 last = number == len(pieces)  # DDP: gradients are averaged once, after the last
                 with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
                     loss = loss + super().training_step(model, piece, num_items_in_batch)
-        if self.args.device.type == "cpu":
-            release_heap()  # the step's activations are freed: return their pages to the OS
         if not torch.isfinite(loss) or not self._gradients_finite(model):
             what = "loss" if not torch.isfinite(loss) else "gradients"
             raise TrainingDiverged(
@@ -269,10 +263,7 @@ class FtkitTrainer(Trainer):
 
 
 def training_arguments(config, run_dir: Path, precision, evaluating: bool, quiet: bool = False):
-    """The transformers `TrainingArguments` that say what `config` says.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """The transformers `TrainingArguments` that say what `config` says."""
     from transformers import TrainingArguments
 
     periodic = evaluating and config.eval_steps is not None
@@ -324,8 +315,6 @@ class Collator:
         self.pad_to_multiple_of = pad_to_multiple_of  # 8 on CUDA (tensor cores), None on CPU
 
     def __call__(self, batch) -> dict:
-        from ftkit.formatting import collate
-
         tensors = collate(batch, self.tokenizer, self.pad_to_multiple_of)
         tensors["num_tokens"] = torch.tensor(sum(len(item.input_ids) for item in batch))
         return tensors
@@ -342,7 +331,6 @@ def micro_batch_budget(config, precision) -> int:
     rows, so sorted, trimmed micro-batches lose padding and keep half the activations for
     about the same time (benchmarks/RESULTS.md). A GPU runs a whole batch faster than its
     pieces one after another, so there "auto" keeps it whole.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
     if config.micro_batch_tokens == "auto":
         return CPU_MICRO_BATCH_TOKENS if precision.device == "cpu" else 0
@@ -351,15 +339,10 @@ def micro_batch_budget(config, precision) -> int:
 
 def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, checkpoint,
                   quiet=False) -> FtkitTrainer:  # fmt: skip
-    """An `FtkitTrainer` with ftkit's callbacks; metrics.jsonl cut back to the checkpoint.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """An `FtkitTrainer` with ftkit's callbacks; metrics.jsonl cut back to the checkpoint."""
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
-
-    from ftkit.runs import checkpoint_step
 
     train_items, val_items = data
     args = training_arguments(config, run_dir, precision, val_items is not None, quiet)
@@ -394,16 +377,13 @@ def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int =
     """Mean loss per trained token of `model` on `examples` (completion-only, no gradients).
 
     Computes in the machine's training precision (bf16 autocast where native), like the
-    trainer's evaluation. Taught in notebooks/03_qlora_training.ipynb.
+    trainer's evaluation.
     """
-    from ftkit.formatting import collate, tokenize_examples
-    from ftkit.hardware import detect_hardware, pick_dtype
-
     items = sorted(
         tokenize_examples(examples, tokenizer, max_length), key=lambda i: len(i.input_ids)
     )
     device = next(model.parameters()).device
-    dtype = pick_dtype(detect_hardware())
+    dtype = pick_dtype()
     total, count = 0.0, 0
     was_training = model.training
     model.eval()

@@ -5,13 +5,14 @@ QLoRA), adds LoRA adapters with peft, and runs `ftkit.trainer.FtkitTrainer` (the
 transformers `Trainer` with a cheaper exact loss and length-grouped batches). What this
 module adds for a learner:
 
-- `TrainConfig`: every knob with a comment, defaults that train the embedded model on a
-  laptop CPU in minutes;
-- precision and optimizer chosen from the hardware (`choose_precision`): bf16 autocast
-  where native (recent CPUs, Ampere+), fp16 with loss scaling on a T4, fp32 otherwise;
-  paged 8-bit AdamW on CUDA;
-- data checked before any model work: an empty split, or one in which nothing would train,
-  fails with the reason;
+- `TrainConfig` (`ftkit.config`): every knob with a comment, defaults that train the
+  embedded model on a laptop CPU in minutes;
+- precision and optimizer chosen from the hardware (`ftkit.hardware.choose_precision`):
+  bf16 autocast where native (recent CPUs, Ampere+), fp16 with loss scaling on a T4, fp32
+  otherwise; paged 8-bit AdamW on CUDA;
+- data checked before any model work (`ftkit.formatting.tokenize_for_training`): an empty
+  split, or one in which nothing would train, fails with the reason;
+- the speed-ups that change no number switched on (`ftkit.fast.speed_up_training`);
 - a run folder (`ftkit.runs`): config, metrics.jsonl, checkpoints, adapter, model card;
   `resume=True` continues from the last complete checkpoint;
 - faults answered in words: NaN loss (`TrainingDiverged`), CUDA out of memory (advice from
@@ -28,151 +29,27 @@ import json
 import os
 import resource
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from ftkit import runs
 from ftkit.callbacks import StopControl, stop_on_interrupt
-from ftkit.faults import TrainingError, divergence_advice, oom_advice, prepare_data
-from ftkit.hardware import HardwareInfo, detect_hardware, return_freed_memory
-from ftkit.lean_4bit import use_lean_4bit
-from ftkit.lean_layers import use_lean_layers
-from ftkit.lora_dropout import fuse_lora_dropout
-from ftkit.models import EMBEDDED_MODEL, keep_4bit_trainable, load_model, load_tokenizer
+from ftkit.config import TrainConfig, TrainingError
+from ftkit.data import load_examples
+from ftkit.fast import speed_up_training
+from ftkit.faults import divergence_advice, oom_advice
+from ftkit.formatting import tokenize_for_training
+from ftkit.hardware import Precision, choose_precision, detect_hardware
+from ftkit.models import keep_4bit_trainable, load_model, load_tokenizer
+from ftkit.reuse import fingerprint, load_adapter_into, reusable_run
+from ftkit.splits import load_dataset_splits
 from ftkit.trainer import TrainingDiverged, build_trainer
-
-METHODS = ("qlora", "lora", "full")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run. Saved as config.json in the run folder."""
-
-    model: str = EMBEDDED_MODEL  # catalog name, hub id or local directory of the base model
-    method: str = "qlora"  # "qlora" (4-bit base + LoRA), "lora" (16-bit base + LoRA), "full"
-    lora_r: int = 16  # rank of each LoRA update (its two matrices are d x r and r x d)
-    lora_alpha: int = 32  # LoRA scaling: the update is multiplied by lora_alpha / lora_r
-    lora_dropout: float = 0.05  # dropout on the LoRA branch's input, during training only
-    target_modules: str | list[str] = "all-linear"  # layers that get adapters
-    num_epochs: float = 2.0  # passes over the training examples
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); wins
-    lr: float = 3e-4  # peak learning rate (LoRA takes larger ones than full fine-tuning)
-    lr_scheduler: str = "cosine"  # how lr decays after warm-up: "cosine", "linear", "constant"
-    warmup_ratio: float = 0.05  # share of the steps over which lr climbs from 0 to its peak
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    max_grad_norm: float = 1.0  # gradients are clipped to this norm (0: no clipping)
-    batch_size: int = 8  # examples per forward pass (per device)
-    gradient_accumulation_steps: int = 1  # forward passes per optimizer step
-    max_length: int = 512  # tokens per example; longer ones are cut at the end
-    packing: bool = False  # several examples per row (pays off for long, uneven examples)
-    group_by_length: bool = False  # batches of similar length: less padding, but less random
-    micro_batch_tokens: int | str = "auto"  # split bigger batches (same step); 0: never
-    labelled_logits_only: bool = True  # logits only where the loss needs them: same loss
-    lean_layers: bool = True  # frozen norms, SwiGLU, attention, 4-bit layers: same loss
-    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
-    logging_steps: int = 5  # log the training loss every this many steps
-    eval_steps: int | None = 20  # validation loss every this many steps (None: at the end)
-    early_stopping_patience: int | None = None  # evaluations without improvement; None: off
-    save_steps: int = 20  # checkpoint every this many steps (resume starts from the last)
-    keep_checkpoints: int = 2  # older checkpoints are deleted (the best one is kept)
-    seed: int = 0  # adapters' initialisation, data order, dropout
-    precision: str = "auto"  # "auto" (from the hardware), "bf16", "fp16" or "fp32"
-    optimizer: str = "auto"  # "auto": paged_adamw_8bit on CUDA, adamw_torch on CPU
-    run_name: str | None = None  # folder name under runs_dir; None: method and time
-    runs_dir: str = "runs"  # where run folders go
-    overwrite: bool = False  # replace an existing run of the same name (else: an error)
-
-    def check(self) -> None:
-        """Raise a `TrainingError` naming the first impossible setting.
-
-        Taught in notebooks/03_qlora_training.ipynb.
-        """
-        budget = self.micro_batch_tokens
-        problems = [
-            (self.method not in METHODS, f"method must be one of {METHODS}"),
-            (self.precision not in PRECISIONS, f"precision must be one of {PRECISIONS}"),
-            (self.batch_size < 1 or self.gradient_accumulation_steps < 1, "batch sizes >= 1"),
-            (self.max_steps is not None and self.max_steps < 1, "max_steps >= 1, or None"),
-            (self.max_length < 16, "max_length of at least 16 tokens"),
-            (
-                budget != "auto" and (type(budget) is not int or budget < 0),
-                'micro_batch_tokens "auto", 0 (never split) or a number of tokens',
-            ),
-            (not 0 <= self.warmup_ratio < 1, "warmup_ratio in [0, 1)"),
-            (self.lr <= 0, "a positive lr"),
-        ]
-        for bad, need in problems:
-            if bad:
-                raise TrainingError(f"TrainConfig: {need}. Got {self._summary()}.")
-        if self.early_stopping_patience and self.eval_steps and self.save_steps % self.eval_steps:
-            raise TrainingError(
-                f"Early stopping restores the best checkpoint, so checkpoints must fall on "
-                f"evaluations: save_steps ({self.save_steps}) must be a multiple of eval_steps "
-                f"({self.eval_steps}). Try save_steps={self.eval_steps}."
-            )
-
-    def _summary(self) -> str:
-        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[:12])
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """Build a config from a dict (config.json), naming any unknown key.
-
-        Taught in notebooks/03_qlora_training.ipynb.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TrainingError(f"Unknown TrainConfig field(s) {unknown}; known: {sorted(known)}.")
-        return cls(**values)
-
-
-@dataclass
-class Precision:
-    """How training computes on this machine."""
-
-    dtype: torch.dtype  # the compute dtype (autocast), and the frozen base's dtype for LoRA
-    name: str  # "bf16", "fp16" or "fp32"
-    optimizer: str  # a TrainingArguments `optim` name
-    device: str  # "cuda" or "cpu" (or "mps")
-    reason: str  # one line a learner can read
-
-
-def choose_precision(
-    hardware: HardwareInfo, requested: str = "auto", optimizer: str = "auto"
-) -> Precision:
-    """Pick compute dtype and optimizer: bf16 where native, fp16 + loss scaling on T4s.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    cuda = hardware.device == "cuda"
-    if requested == "auto":
-        requested = "bf16" if hardware.bf16 else "fp16" if cuda else "fp32"
-    if requested == "bf16" and not hardware.bf16:
-        raise TrainingError(
-            f"precision='bf16', but {hardware.device_name} has no native bf16 (a T4 only "
-            "emulates it, many times slower). Use precision='auto'."
-        )
-    if requested == "fp16" and not cuda:
-        raise TrainingError("precision='fp16' needs a CUDA GPU (loss scaling); use 'auto'.")
-    reasons = {
-        "bf16": "bf16 autocast: native on this hardware, no loss scaling needed",
-        "fp16": "fp16 autocast with loss scaling: this GPU has no native bf16",
-        "fp32": "fp32: this CPU has no native bf16 (fp16 would be slower than fp32 here)",
-    }
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if optimizer == "auto":
-        optimizer = "paged_adamw_8bit" if cuda else "adamw_torch"
-    return Precision(dtypes[requested], requested, optimizer, hardware.device, reasons[requested])
 
 
 def load_for_training(config: TrainConfig, precision: Precision):
-    """Load the base model for `config.method`: NF4 for QLoRA, 16-bit for LoRA, fp32 for full.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Load the base model for `config.method`: NF4 for QLoRA, 16-bit for LoRA, fp32 for full."""
     dtype = torch.float32 if config.method == "full" else precision.dtype
     quantization = "nf4" if config.method == "qlora" else None
     device = precision.device
@@ -184,8 +61,8 @@ def load_for_training(config: TrainConfig, precision: Precision):
 def add_adapters(model, config: TrainConfig):
     """Freeze the base (kept in its 16-bit dtype) and add LoRA adapters (kept in fp32).
 
-    Returns the model unchanged for full fine-tuning. Taught in
-    notebooks/03_qlora_training.ipynb.
+    Returns the model unchanged for full fine-tuning (or when it has adapters already).
+    `train` then switches on the speed-ups that change no number (`ftkit.fast`).
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -205,12 +82,7 @@ def add_adapters(model, config: TrainConfig):
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(config.seed)  # the adapters' initialisation
-    model = get_peft_model(model, lora)
-    fuse_lora_dropout(model)  # same dropout, a fifth faster and leaner: see ftkit.lora_dropout
-    if config.lean_layers:
-        use_lean_layers(model)  # less kept for the backward pass: see ftkit.lean_layers
-        use_lean_4bit(model)  # QLoRA: no clone, scales dequantised once: see ftkit.lean_4bit
-    return model
+    return get_peft_model(model, lora)
 
 
 @dataclass
@@ -235,10 +107,7 @@ class TrainResult:
     tokenizer: object = field(default=None, repr=False)
 
     def summary(self) -> str:
-        """One paragraph a learner can print.
-
-        Taught in notebooks/03_qlora_training.ipynb.
-        """
+        """One paragraph a learner can print."""
         val = f"{self.val_loss:.3f}" if self.val_loss is not None else "n/a"
         train = f"{self.train_loss:.3f}" if self.train_loss is not None else "n/a"
         again = " (reused: an identical earlier run)" if self.reused else ""
@@ -251,10 +120,7 @@ class TrainResult:
 
 
 def peak_memory_gb(device: str) -> float:
-    """Peak memory of this process so far: GPU memory allocated on CUDA, else peak RSS (GiB).
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
+    """Peak memory of this process so far: GPU memory allocated on CUDA, else peak RSS (GiB)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
@@ -279,11 +145,7 @@ def train(
     says. `resume=True` continues the run `config.run_name` from its last checkpoint;
     `reuse=True` returns the finished run `config.run_name` instead of training, if its
     fingerprint (config, data, base weights, precision, versions: `ftkit.reuse`) matches.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
-    from ftkit import reuse as reusing
-    from ftkit import runs
-
     started = time.perf_counter()
     config.check()
     train_examples = list(train_examples or [])
@@ -293,31 +155,33 @@ def train(
             "and set eval_steps, or set early_stopping_patience=None."
         )
     if not train_examples:  # before minutes of model loading
-        prepare_data(train_examples, tokenizer, config, "train")
+        tokenize_for_training(train_examples, tokenizer, config.max_length)
     precision = choose_precision(detect_hardware(), config.precision, config.optimizer)
     if tokenizer is None:  # the data first: it decides reuse, and fails before model loading
         tokenizer = load_tokenizer(config.model)
-    train_items = prepare_data(train_examples, tokenizer, config, "train")
+    train_items = tokenize_for_training(train_examples, tokenizer, config.max_length,
+                                        config.packing)  # fmt: skip
     val_items = None
     if validation_examples is not None:
-        val_items = prepare_data(validation_examples, tokenizer, config, "validation")
-    key = reusing.fingerprint(config, precision, train_items, val_items)
-    found = reusing.reusable_run(config, key) if reuse else None
+        val_items = tokenize_for_training(validation_examples, tokenizer, config.max_length,
+                                          split="validation")  # fmt: skip
+    key = fingerprint(config, precision, train_items, val_items)
+    found = reusable_run(config, key) if reuse else None
     if found:
         return reused_result(found, config, model, tokenizer)
     run_dir = runs.open_run_dir(config, resume)
     config = replace(config, run_name=run_dir.name)
-    if precision.device == "cpu":
-        return_freed_memory()  # a quarter less peak memory: see ftkit.hardware
     if model is None:
         model, _ = load_for_training(config, precision)
     model = add_adapters(model, config)
+    speed_ups = speed_up_training(model, config.lean_layers)  # same numbers: see ftkit.fast
     checkpoint = runs.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         print(f"[ftkit] {run_dir.name}: no complete checkpoint yet, starting from step 0.")
     runs.write_config(run_dir, config, train_items, val_items, key)
     stopper = monitor if isinstance(monitor, StopControl) else StopControl()
     watchers = [stopper, *([monitor] if monitor not in (None, stopper) else []), *callbacks]
+    watchers += speed_ups.callbacks
     trainer = build_trainer(
         config, run_dir, precision, model, tokenizer, (train_items, val_items), watchers,
         checkpoint, quiet=monitor is not None,
@@ -335,12 +199,7 @@ def train(
 
 
 def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult:
-    """Evaluate the final adapter if needed, save it, and write result.json and the card.
-
-    Taught in notebooks/03_qlora_training.ipynb.
-    """
-    from ftkit import runs
-
+    """Evaluate the final adapter if needed, save it, and write result.json and the card."""
     state, records = trainer.state, trainer.ftkit_logger.records
     evals = [r for r in records if r["event"] == "eval"]
     best_loaded = trainer.args.load_best_model_at_end and state.best_metric is not None
@@ -384,12 +243,7 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
 def reused_result(run_dir: Path, config, model, tokenizer) -> TrainResult:
     """A finished run read back as the `TrainResult` training it gave (`reused=True`): its
     history, losses and timings, with its adapter loaded into `model` (or onto a fresh base).
-
-    Taught in notebooks/03_qlora_training.ipynb.
     """
-    from ftkit import runs
-    from ftkit.reuse import load_adapter_into
-
     final = runs.final_dir(run_dir, config.method)
     if model is None or config.method == "full":
         run = runs.load_run(run_dir)
@@ -420,15 +274,36 @@ def reused_result(run_dir: Path, config, model, tokenizer) -> TrainResult:
     )
 
 
+def load_or_train(config, train_examples, validation_examples=None, monitor=None) -> runs.Run:
+    """The finished run `config.run_name` if it fine-tuned the same base model with the same
+    method, else a run trained now with `config`; returned loaded (`run.model`, `run.tokenizer`).
+
+    Notebook 04 uses it to pick up notebook 03's fine-tune (whatever settings the learner
+    chose there) instead of training it twice; `run.config` says how it was trained.
+    """
+    path = Path(config.runs_dir) / str(config.run_name)
+    if config.run_name and (path / "result.json").is_file():
+        saved = runs.read_run(path)
+        status = saved.result.get("status")
+        same = (saved.config.model, saved.config.method) == (config.model, config.method)
+        if same and status in runs.FINISHED:
+            print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
+                  f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
+            return runs.load_run(path)
+        why = status if same else f"{saved.config.method} of {saved.config.model}"
+        print(f"[ftkit] {path} is not reusable ({why}): training it again")
+    result = train(replace(config, overwrite=True), train_examples, validation_examples,
+                   monitor=monitor)  # fmt: skip
+    run = runs.read_run(result.run_dir)
+    run.model, run.tokenizer = result.model, result.tokenizer
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m ftkit.training --config cfg.json --dataset support_tickets`.
 
     Works under `torchrun --nproc_per_node N` and `accelerate launch` unchanged.
-    Taught in notebooks/03_qlora_training.ipynb.
     """
-    from ftkit.data import load_examples
-    from ftkit.splits import load_dataset_splits
-
     parser = argparse.ArgumentParser(prog="python -m ftkit.training", description=main.__doc__)
     parser.add_argument("--config", required=True, help="JSON file of TrainConfig fields")
     parser.add_argument("--dataset", help="a dataset shipped in data/ (e.g. support_tickets)")

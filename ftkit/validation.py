@@ -79,10 +79,7 @@ class DataReport:
         return [problem for _, problems in self.dropped for problem in problems]
 
     def summary(self) -> str:
-        """Counts on one line, then every dropped row and warning on its own line.
-
-        Taught in notebooks/02_formatting_examples.ipynb.
-        """
+        """Counts on one line, then every dropped row and warning on its own line."""
         lines = [
             f"{self.file} ({self.format}): {self.rows_read} rows read, {self.kept} kept, "
             f"{len(self.dropped)} dropped, {len(self.warnings)} warning(s)."
@@ -110,19 +107,13 @@ class DataReport:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
-    """ "; did you mean 'assistant'?" for a close match among `choices`, else "".
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """ "; did you mean 'assistant'?" for a close match among `choices`, else ""."""
     match = difflib.get_close_matches(str(word).lower(), list(choices), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def describe(value: Any) -> str:
-    """A learner's name for the JSON type of `value`: 'a number (3)', 'null', 'a list'...
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """A learner's name for the JSON type of `value`: 'a number (3)', 'null', 'a list'..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -134,10 +125,7 @@ def describe(value: Any) -> str:
 
 
 def check_text(value: Any, name: str, missing: bool = False) -> Issue | None:
-    """The issue with a text field (absent, not a string, empty, only whitespace), if any.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The issue with a text field (absent, not a string, empty, only whitespace), if any."""
     short = name.rsplit(".", 1)[-1]  # "content", not "messages[1].content": the field says where
     if missing:
         return (name, f"missing field {short!r}", f"add {short!r} with its text")
@@ -155,7 +143,6 @@ def check_turns(turns: Any, name: str, roles: dict[str, str] = CHAT_ROLES, order
 
     `roles` maps the shape's role names to chat roles (ShareGPT: "human" -> "user");
     ShareGPT turns use "from"/"value" instead of "role"/"content".
-    Taught in notebooks/02_formatting_examples.ipynb.
     """
     keys = ("from", "value") if roles is SHAREGPT_ROLES else ("role", "content")
     if not isinstance(turns, list):
@@ -202,10 +189,7 @@ ORDER_FIXES = {
 
 
 def check_order(messages: list[dict[str, str]], name: str = "messages") -> list[Issue]:
-    """Issues with the order of roles: system not first, repeats, no final assistant reply.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Issues with the order of roles: system not first, repeats, no final assistant reply."""
     issues = []
     roles = [message["role"] for message in messages]
     for index, role in enumerate(roles):
@@ -223,10 +207,7 @@ def check_order(messages: list[dict[str, str]], name: str = "messages") -> list[
 
 
 def location(file: str, line: int | None) -> str:
-    """ "file.jsonl:12", "file.csv:row 7" (the header is row 1), or the file alone.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """ "file.jsonl:12", "file.csv:row 7" (the header is row 1), or the file alone."""
     if line is None:
         return file
     return f"{file}:row {line}" if file.lower().endswith(".csv") else f"{file}:{line}"
@@ -244,30 +225,21 @@ _JSON_HINTS = {
 
 
 def json_problem(file: str, line: int, error: json.JSONDecodeError) -> Problem:
-    """The problem for a JSON syntax error, with a hint for the usual causes.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """The problem for a JSON syntax error, with a hint for the usual causes."""
     fix = next((h for start, h in _JSON_HINTS.items() if error.msg.startswith(start)), None)
     message = f"not valid JSON at column {error.colno}: {error.msg}"
     return Problem(file, line, "", message, fix or "check quotes, commas and brackets there")
 
 
 def place(source: str) -> tuple[str, int | None]:
-    """Split an Example's source ("file.jsonl:12" or "file.csv:row 7") into (file, line).
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """Split an Example's source ("file.jsonl:12" or "file.csv:row 7") into (file, line)."""
     file, _, tail = source.rpartition(":")
     number = tail.removeprefix("row ")
     return (file, int(number)) if file and number.isdigit() else (source, None)
 
 
 def find_duplicates(examples: Iterable[Any]) -> list[Problem]:
-    """A problem for every later copy of an example whose messages appeared before.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """A problem for every later copy of an example whose messages appeared before."""
     first: dict[str, str] = {}
     problems = []
     for example in examples:
@@ -281,10 +253,7 @@ def find_duplicates(examples: Iterable[Any]) -> list[Problem]:
 
 
 def check_lengths(examples: Iterable[Any], tokenizer, max_length: int) -> list[Problem]:
-    """A problem for every example longer than `max_length` tokens with the chat template.
-
-    Taught in notebooks/02_formatting_examples.ipynb.
-    """
+    """A problem for every example longer than `max_length` tokens with the chat template."""
     examples = list(examples)
     if not examples:
         return []

@@ -1,7 +1,7 @@
 """Shared fixtures: the embedded model, loaded once per test session.
 
 The default tier is offline: it uses the embedded SmolLM2-135M-Instruct (converted
-into ftkit's cache on first use, about 20 s) and the data committed in data/.
+into ftkit's cache on first use, about 20 s) and the data shipped in ftkit/datasets/.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def smoke_series(tmp_path_factory):
     notebooks share (notebook 04 reuses notebook 03's fine-tune) stay in `runs_dir`, where
     the browser test's notebook 04 finds them too.
     """
-    from ftkit.runner import run_series
+    from ftkit.course.runner import run_series
 
     out = tmp_path_factory.mktemp("build")
     lines: list[str] = []

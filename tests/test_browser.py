@@ -34,11 +34,11 @@ import nbformat
 import psutil
 import pytest
 
-from ftkit.runner import NOTEBOOK_DIR
+from ftkit.course.notebooks import notebooks_dir
 from ftkit.runs import SMOKE_RUNS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = NOTEBOOK_DIR / "04_prompt_vs_finetune.ipynb"
+NOTEBOOK = notebooks_dir() / "04_prompt_vs_finetune.ipynb"
 SCREENSHOT = ROOT / "build" / "browser" / "notebook04_comparator.png"
 FAILURE_SCREENSHOT = SCREENSHOT.with_name("notebook04_failure.png")  # the whole page
 CHROMIUM = Path("/usr/bin/chromium")

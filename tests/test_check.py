@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftkit import check
+from ftkit.course import check
 from ftkit.memory import estimate_memory, fit_verdict
 
 

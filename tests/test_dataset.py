@@ -1,4 +1,4 @@
-"""Checks of the shipped support-ticket dataset in data/support_tickets.
+"""Checks of the shipped support-ticket dataset in ftkit/datasets/support_tickets.
 
 The committed splits must be exactly what make_dataset.py writes, well-formed chat examples
 whose replies are the four-key JSON the notebooks score, stratified so that every label value
@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "support_tickets"
+from ftkit.shipped import dataset_dir
+
+DATA = dataset_dir("support_tickets")
 SPLITS = ("train", "validation", "test")
 MIN_SIZES = {"train": 600, "validation": 100, "test": 150}
 LABEL_FIELDS = ("category", "priority", "product")
@@ -24,7 +26,7 @@ REPLY_KEYS = ["category", "priority", "product", "summary"]
 
 
 def load_generator() -> ModuleType:
-    """Import data/support_tickets/make_dataset.py from its path (it is not a package)."""
+    """Import ftkit/datasets/support_tickets/make_dataset.py from its path (it is not a package)."""
     spec = importlib.util.spec_from_file_location("make_dataset", DATA / "make_dataset.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -63,7 +65,7 @@ def test_regenerating_gives_the_committed_file_byte_for_byte(regenerated, split)
     fresh = (regenerated / f"{split}.jsonl").read_bytes()
     assert fresh == (DATA / f"{split}.jsonl").read_bytes(), (
         f"{split}.jsonl differs from what make_dataset.py writes: "
-        "run `python data/support_tickets/make_dataset.py` and commit the result"
+        "run `python ftkit/datasets/support_tickets/make_dataset.py` and commit the result"
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftkit.doctor import (
+from ftkit.course.doctor import (
     DoctorReport,
     TorchBuild,
     cuda_wheel_command,

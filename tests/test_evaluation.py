@@ -13,6 +13,14 @@ import json
 import pytest
 
 from ftkit.comparison import CurvePoint, compare, learning_curve, subsample
+from ftkit.config import TrainConfig
+from ftkit.course.plots import (
+    plot_approach_scores,
+    plot_confusion,
+    plot_learning_curve,
+    plot_quality_vs_cost,
+)
+from ftkit.course.widgets import Comparator, ComparisonControls, ErrorBrowser
 from ftkit.evaluation import (
     PRIMARY,
     Approach,
@@ -24,15 +32,8 @@ from ftkit.evaluation import (
 )
 from ftkit.generation import generate_replies, parse_json
 from ftkit.models import load_model
-from ftkit.plots import (
-    plot_approach_scores,
-    plot_confusion,
-    plot_learning_curve,
-    plot_quality_vs_cost,
-)
 from ftkit.splits import load_dataset_splits
-from ftkit.training import TrainConfig, add_adapters
-from ftkit.widgets import Comparator, ComparisonControls, ErrorBrowser
+from ftkit.training import add_adapters
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
+from ftkit.course.preview import preview_html
 from ftkit.estimates import (
     FLOPS_PER_TOKEN,
     T4_PEAK_FLOPS,
@@ -28,9 +28,9 @@ from ftkit.formatting import (
     tokenize_example,
     tokenize_examples,
 )
-from ftkit.preview import preview_html
+from ftkit.shipped import dataset_dir
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "support_tickets"
+DATA = dataset_dir("support_tickets")
 SPLITS = ("train", "validation", "test")
 
 # The embedded model's ChatML template with {% generation %} markers around what an
@@ -365,7 +365,7 @@ def test_preview_highlights_trained_tokens_and_escapes_html(tokenizer):
 def test_plots_return_figures_and_leave_pyplot_clean(tokenizer, shipped_rows):
     import matplotlib.pyplot as plt
 
-    from ftkit.plots import plot_label_distribution, plot_token_lengths
+    from ftkit.course.plots import plot_label_distribution, plot_token_lengths
 
     stats = token_stats(tokenize_examples(shipped_rows[:50], tokenizer))
     figure = plot_token_lengths(stats, max_length=100)

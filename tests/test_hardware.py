@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftkit.hardware import cuda_has_bf16, detect_hardware, pick_dtype, release_heap
+from ftkit.fast.cpu_memory import release_heap
+from ftkit.hardware import cuda_has_bf16, detect_hardware, pick_dtype
 
 
 @pytest.mark.parametrize(

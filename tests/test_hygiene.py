@@ -19,16 +19,17 @@ import re
 import shlex
 import sys
 import types
+from pathlib import Path
 
 import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from IPython.utils.text import DollarFormatter
 
-from ftkit.runner import NOTEBOOK_DIR, series_notebooks
+from ftkit.course.notebooks import notebooks_dir, series_notebooks, solution_notebooks
 
 SERIES = series_notebooks()
-SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
+SOLUTIONS = solution_notebooks()
 MAX_FUNCTION_LINES = 5  # a notebook may define a tiny helper; anything longer goes in ftkit
 
 
@@ -54,7 +55,7 @@ def _headings(notebook, level: str = "## ") -> list[str]:
 def test_there_is_a_series_with_solutions():
     assert [p.name[:2] for p in SERIES] == ["01", "02", "03", "04"]
     for path in SERIES:
-        assert (NOTEBOOK_DIR / "solutions" / f"{path.stem}_solutions.ipynb").is_file(), path.name
+        assert (notebooks_dir() / "solutions" / f"{path.stem}_solutions.ipynb").is_file(), path.name
 
 
 @pytest.mark.parametrize("path", SERIES, ids=lambda p: p.stem)
@@ -115,7 +116,7 @@ def test_solutions_have_a_title_and_parameters(path):
 
 
 ENVIRONMENT_CELL = _code(_read(SERIES[0]))[0]
-MAKEFILE = (NOTEBOOK_DIR.parent / "Makefile").read_text()
+MAKEFILE = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
 
 
 @pytest.mark.parametrize("path", SERIES + SOLUTIONS, ids=lambda p: p.stem)

@@ -9,14 +9,17 @@ import torch
 from peft.helpers import disable_input_dtype_casting
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ftkit.lean_4bit import flat_quant_state
+from ftkit.config import TrainConfig
+from ftkit.fast import speed_up_training
+from ftkit.fast.lean_4bit import flat_quant_state
 from ftkit.models import load_model
-from ftkit.training import TrainConfig, add_adapters
+from ftkit.training import add_adapters
 
 
 def _qlora(lean: bool):
     model, tokenizer = load_model(quantization="nf4")
     model = add_adapters(model, TrainConfig(method="qlora", lora_dropout=0.1)).train()
+    speed_up_training(model)
     for module in model.modules():
         if not lean and "forward" in vars(module) and type(module).__name__ == "Linear4bit":
             del module.forward  # back to peft's own forward

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from peft.helpers import disable_input_dtype_casting
 
-from ftkit.lean_layers import SHORT_ATTENTION, rms_norm, short_attention, silu_mul
+from ftkit.config import TrainConfig
+from ftkit.fast import speed_up_training
+from ftkit.fast.lean_layers import SHORT_ATTENTION, rms_norm, short_attention, silu_mul
 from ftkit.models import load_model
-from ftkit.training import TrainConfig, add_adapters
+from ftkit.training import add_adapters
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -101,7 +103,9 @@ def _saved_activation_bytes(model, batch) -> int:
 def _adapted(lean: bool, dtype: torch.dtype):
     model, tokenizer = load_model(dtype=dtype)
     config = TrainConfig(method="lora", lora_dropout=0.0, lean_layers=lean)
-    return add_adapters(model, config).train(), tokenizer
+    adapted = add_adapters(model, config)
+    speed_up_training(adapted, config.lean_layers)
+    return adapted.train(), tokenizer
 
 
 def _batch(tokenizer) -> dict:
@@ -144,6 +148,7 @@ def test_outside_training_the_model_computes_exactly_as_before():
     with torch.no_grad():
         before = model(**inputs).logits
     adapted = add_adapters(model, TrainConfig(method="lora"))
+    speed_up_training(adapted)
     with torch.no_grad():
         assert torch.equal(adapted.eval()(**inputs).logits, before)
         assert torch.equal(adapted.train()(**inputs).logits, before)  # no gradients: library path
@@ -152,7 +157,7 @@ def test_outside_training_the_model_computes_exactly_as_before():
 def test_other_architectures_are_left_alone():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ftkit.lean_layers import use_lean_layers
+    from ftkit.fast.lean_layers import use_lean_layers
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     assert use_lean_layers(model) == []

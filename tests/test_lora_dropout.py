@@ -6,9 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftkit.lora_dropout import DropoutLinear, fuse_lora_dropout, keep_mask, pack_bits, unpack_bits
+from ftkit.config import TrainConfig
+from ftkit.fast import speed_up_training
+from ftkit.fast.lora_dropout import (
+    DropoutLinear,
+    fuse_lora_dropout,
+    keep_mask,
+    pack_bits,
+    unpack_bits,
+)
 from ftkit.models import load_model
-from ftkit.training import TrainConfig, add_adapters
+from ftkit.training import add_adapters
 
 
 @pytest.mark.parametrize("p", [0.0, 0.05, 0.5])
@@ -102,11 +110,13 @@ def test_the_embedded_models_adapters_are_fused_with_peft_keys():
     model, _ = load_model()
     config = TrainConfig(method="lora")
     fused = add_adapters(model, config)
+    speed_up_training(fused, config.lean_layers)
     layers = [m for m in fused.modules() if isinstance(m, DropoutLinear)]
     assert len(layers) == 7 * fused.config.num_hidden_layers
     assert all(layer.p == config.lora_dropout for layer in layers)
     assert not any(isinstance(m, torch.nn.Dropout) for m in fused.modules())
     plain_model, _ = load_model()
     plain = add_adapters(plain_model, TrainConfig(method="lora", lora_dropout=0.0))
+    speed_up_training(plain)
     assert fuse_lora_dropout(plain) == 0  # no dropout: nothing to fuse
     assert list(fused.state_dict()) == list(plain.state_dict())

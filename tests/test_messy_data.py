@@ -1,16 +1,15 @@
-"""data/messy_tickets: the raw file notebook 02 starts from reports exactly its ten mistakes."""
+"""The shipped messy_tickets: notebook 02's raw file reports exactly its ten mistakes."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from ftkit.data import load_examples
+from ftkit.shipped import dataset_dir
 from ftkit.splits import find_overlap, load_dataset_splits
 from ftkit.validation import DataError
 
-MESSY = Path(__file__).resolve().parent.parent / "data" / "messy_tickets" / "tickets.jsonl"
+MESSY = dataset_dir("messy_tickets") / "tickets.jsonl"
 MISTAKES = {
     2: "not valid JSON",
     4: "unknown role 'asistant'",

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ftkit.catalog import UnknownModelError
+from ftkit.fast.generation_4bit import fast_4bit_generation
 from ftkit.generation import generate_replies
 from ftkit.hardware import pick_dtype
 from ftkit.models import (
     ModelLoadError,
-    fast_4bit_generation,
     keep_4bit_trainable,
     load_model,
     quantization_config,

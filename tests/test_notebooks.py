@@ -7,9 +7,10 @@ import json
 import nbformat
 import pytest
 
-from ftkit.runner import NOTEBOOK_DIR, run_notebook, series_notebooks
+from ftkit.course.notebooks import series_notebooks, solution_notebooks
+from ftkit.course.runner import run_notebook
 
-SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
+SOLUTIONS = solution_notebooks()
 
 
 def _outputs(notebook) -> str:

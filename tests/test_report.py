@@ -14,12 +14,12 @@ import re
 import nbformat
 import pytest
 
-from ftkit.cli import main
 from ftkit.comparison import Comparison
+from ftkit.course.cli import main
+from ftkit.course.report import marked_outputs, notebook_plots, write_report
+from ftkit.course.runner import NotebookFailed, run_notebook
 from ftkit.evaluation import Approach, ApproachResult, Prediction, score_predictions
 from ftkit.generation import parse_json
-from ftkit.report import marked_outputs, notebook_plots, write_report
-from ftkit.runner import NotebookFailed, run_notebook
 from ftkit.splits import load_dataset_splits
 
 TINY = [
@@ -76,7 +76,8 @@ def test_progress_line_per_section_with_parameters_injected(tiny, tmp_path):
     assert injected.metadata.tags == ["injected-parameters"]
     assert 'MODE = "smoke"' in injected.source and "parameters" in executed.cells[1].metadata.tags
     out = _text(executed.cells[4])
-    assert f"cwd {tiny.parent}" in out and "mode smoke" in out  # run in the notebook's folder
+    # run in the executed copy's folder, so runs/ never lands beside the (installed) notebook
+    assert f"cwd {run.output.parent}" in out and "mode smoke" in out
     assert "exercises ran" in _text(executed.cells[-1])
 
 

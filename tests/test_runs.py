@@ -17,11 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ftkit
+from ftkit.config import TrainConfig
+from ftkit.course.plots import plot_losses, plot_runs
 from ftkit.data import save_examples
 from ftkit.generation import generate_replies
 from ftkit.hardware import pick_dtype
 from ftkit.models import load_model
-from ftkit.plots import plot_losses, plot_runs
+from ftkit.reuse import training_code_id
 from ftkit.runs import (
     SMOKE_RUNS_ENV,
     RunError,
@@ -34,7 +37,7 @@ from ftkit.runs import (
 )
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import loss_on
-from ftkit.training import TrainConfig, train
+from ftkit.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,8 +229,8 @@ def test_reuse_returns_the_finished_run_instead_of_training(trained, splits, cap
 
 def test_reuse_loads_the_adapter_into_a_model_the_caller_prepared(trained, splits):
     """Notebook 03's path: the model was loaded, given adapters and used before train()."""
-    from ftkit.hardware import detect_hardware
-    from ftkit.training import add_adapters, choose_precision, load_for_training
+    from ftkit.hardware import choose_precision, detect_hardware
+    from ftkit.training import add_adapters, load_for_training
 
     config, first = trained
     model, tokenizer = load_for_training(config, choose_precision(detect_hardware()))
@@ -246,9 +249,8 @@ def test_reuse_loads_the_adapter_into_a_model_the_caller_prepared(trained, split
 
 def test_reuse_refuses_a_run_whose_settings_or_data_differ(trained, splits, capsys):
     from ftkit.formatting import tokenize_examples
-    from ftkit.hardware import detect_hardware
+    from ftkit.hardware import choose_precision, detect_hardware
     from ftkit.reuse import fingerprint, reusable_run
-    from ftkit.training import choose_precision
 
     config, first = trained
     precision = choose_precision(detect_hardware())
@@ -306,3 +308,19 @@ def test_runs_folder_keeps_smoke_runs_apart(tmp_path, monkeypatch):
     assert runs_folder("full") == "runs"  # the learner's runs, whatever the environment says
     with pytest.raises(ValueError, match='"full" or "smoke"'):
         runs_folder("quick")
+
+
+def test_the_training_code_id_covers_every_module_outside_the_course(tmp_path):
+    """Found by package, so a moved or added module counts; the course zone does not."""
+    package = tmp_path / "ftkit"
+    junk = shutil.ignore_patterns("__pycache__", "notebooks", "datasets")
+    shutil.copytree(Path(ftkit.__file__).parent, package, ignore=junk)
+    before = training_code_id(package)
+    assert before == training_code_id(Path(ftkit.__file__).parent)  # same code, same id
+    (package / "course" / "plots.py").write_text("# a plot changes no weight\n")
+    assert training_code_id(package) == before
+    (package / "fast" / "common.py").write_text("# an edited speed-up\n")
+    edited = training_code_id(package)
+    assert edited != before
+    (package / "fast" / "newly_added.py").write_text("X = 1\n")
+    assert training_code_id(package) != edited

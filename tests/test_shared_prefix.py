@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftkit import shared_prefix as sp
 from ftkit.evaluation import task_system_prompt
+from ftkit.fast import shared_prefix as sp
 from ftkit.generation import generate_replies
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits

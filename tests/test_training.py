@@ -18,11 +18,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from ftkit.config import TrainConfig, TrainingError
+from ftkit.course.widgets import TrainingMonitor
 from ftkit.evaluation import task_system_prompt
-from ftkit.faults import oom_advice, prepare_data
-from ftkit.formatting import collate, tokenize_examples
+from ftkit.fast import speed_up_training
+from ftkit.faults import oom_advice
+from ftkit.formatting import collate, tokenize_examples, tokenize_for_training
 from ftkit.generation import generate_replies
-from ftkit.hardware import HardwareInfo
+from ftkit.hardware import HardwareInfo, choose_precision
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import (
@@ -36,15 +39,7 @@ from ftkit.trainer import (
     micro_batches,
     training_arguments,
 )
-from ftkit.training import (
-    TrainConfig,
-    TrainingError,
-    add_adapters,
-    choose_precision,
-    load_for_training,
-    train,
-)
-from ftkit.widgets import TrainingMonitor
+from ftkit.training import add_adapters, load_for_training, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +125,7 @@ def test_evaluate_and_generate_then_train_still_learns(few, tmp_path, tmp_path_f
 def test_labelled_logits_give_the_same_loss_and_gradients(few):
     model, tokenizer = load_model(dtype="fp32")
     model = add_adapters(model, TrainConfig(method="lora", lora_dropout=0.0))
+    speed_up_training(model)
     for name, param in model.named_parameters():  # non-zero B, so A gets gradients too
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
@@ -182,6 +178,7 @@ def test_a_split_step_gives_the_gradients_of_the_whole_batch(few, tmp_path):
     model, tokenizer = load_model(dtype="fp32")
     config = TrainConfig(method="lora", lora_dropout=0.0, precision="fp32")
     model = add_adapters(model, config)
+    speed_up_training(model, config.lean_layers)
     for name, param in model.named_parameters():  # non-zero B, so A gets gradients too
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
@@ -279,10 +276,10 @@ def test_empty_data_fails_before_loading_a_model(tmp_path):
 def test_all_masked_data_fails_before_training(few, tmp_path, model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
     with pytest.raises(TrainingError, match=r"No token of the 12 train examples.*max_length=16"):
-        prepare_data(few[0], tokenizer, tiny(tmp_path, max_length=16))
+        tokenize_for_training(few[0], tokenizer, max_length=16)
     no_reply = [{"messages": [{"role": "user", "content": "hi"}]}]
     with pytest.raises(TrainingError, match="no assistant message"):
-        prepare_data(no_reply, tokenizer, tiny(tmp_path))
+        tokenize_for_training(no_reply, tokenizer, tiny(tmp_path).max_length)
 
 
 def test_config_errors_say_what_to_change():

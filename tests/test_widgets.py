@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftkit.widgets import ModelPicker, model_picker
+from ftkit.course.widgets import ModelPicker, model_picker
 
 
 @pytest.fixture

@@ -32,8 +32,6 @@ interval out. Same seed, same interval.
   metrics separately.
 - json_validity reads only predictions; the references that combine hands it are ignored.
 - The result keys of ftkit's metrics never collide, so the merged dict keeps them unprefixed.
-
-Taught in notebooks/04_prompt_vs_finetune.ipynb.
 """
 
 from __future__ import annotations
@@ -68,10 +66,7 @@ class UnknownMetricError(ValueError):
 
 
 def metric_path(name: str) -> str:
-    """The folder of a shipped metric module, ready for `evaluate.load`.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """The folder of a shipped metric module, ready for `evaluate.load`."""
     if name not in METRICS:
         raise UnknownMetricError(
             f"ftkit ships no metric called {name!r}. Known metrics: {', '.join(METRICS)}. "
@@ -86,7 +81,6 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
 
     Kept in memory unless `keep_in_memory=False` (needed only for multi-process evaluation):
     no cache files, and no one-second lock wait after a compute call that raised.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     import evaluate  # imported here: it takes seconds, and bootstrap_ci does not need it
 
@@ -95,10 +89,7 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
 
 
 def combine(names: Sequence[str], force_prefix: bool = False) -> evaluate.CombinedEvaluations:
-    """Several shipped metrics as one `evaluate.combine`: one compute call, one merged dict.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """Several shipped metrics as one `evaluate.combine`: one compute call, one merged dict."""
     import evaluate
 
     return evaluate.combine([load_metric(name) for name in names], force_prefix=force_prefix)
@@ -146,7 +137,6 @@ def bootstrap_ci(
 
     `score_fn(indices)` must return the score of the examples at those indices (an array of
     `n_items` ints drawn with replacement). Deterministic for a given seed.
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
     """
     if n_items < 1:
         raise ValueError("Nothing to resample: there are no examples to score.")
@@ -169,10 +159,7 @@ def score_with_ci(
     confidence_level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """`{key: score}` on all examples, plus `key_ci_low`/`key_ci_high` unless n_resamples is 0.
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """`{key: score}` on all examples, plus `key_ci_low`/`key_ci_high` unless n_resamples is 0."""
     if n_items < 1:
         raise ValueError(f"Cannot compute {key}: there are no examples to score.")
     result = {key: float(score_fn(np.arange(n_items)))}
@@ -189,10 +176,7 @@ def mean_with_ci(
     confidence_level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """The common case: the score is the mean of per-example scores (1.0 right, 0.0 wrong...).
-
-    Taught in notebooks/04_prompt_vs_finetune.ipynb.
-    """
+    """The common case: the score is the mean of per-example scores (1.0 right, 0.0 wrong...)."""
     values = np.asarray(list(per_example), dtype=float)
     return score_with_ci(
         lambda idx: values[idx].mean(), len(values), key, n_resamples, confidence_level, seed

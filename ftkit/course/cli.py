@@ -1,0 +1,93 @@
+"""The `ftkit` command: `ftkit doctor`, `ftkit prepare`, `ftkit notebooks`, `ftkit run`.
+
+A thin layer over the package for people who prefer a terminal (and for the
+README's main job). Every command is a function you can also call from Python:
+`ftkit run` is `ftkit.course.runner.run_series`, which executes the notebooks, prints a
+line per section, and writes the executed copies, their runs and report.html to `--out`;
+`ftkit notebooks DEST` is `ftkit.course.notebooks.copy_notebooks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ftkit.course.doctor import doctor
+from ftkit.course.notebooks import copy_notebooks
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    report = doctor()
+    print(report)
+    print("\nAll good." if report.ok else "\nSome items need fixing (see -> above).")
+    return 0 if report.ok else 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    # deferred: torch and transformers load in seconds, and `ftkit doctor` must run without them
+    from ftkit.models import embedded_model_dir
+
+    print(f"Embedded model ready at {embedded_model_dir(rebuild=args.rebuild)}")
+    return 0
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    try:
+        copied = copy_notebooks(args.destination, overwrite=args.force)
+    except FileExistsError as error:
+        print(f"[ftkit] {error}", file=sys.stderr)
+        return 1
+    print(f"Copied {len(copied)} files to {args.destination}. Open them with:")
+    print(f"    jupyter lab {args.destination}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    # deferred: papermill and nbclient load in seconds, and `ftkit doctor` must not wait
+    from ftkit.course.runner import NotebookFailed, run_series
+
+    parameters = {"MODEL": args.model} if args.model else None
+    try:
+        run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters)
+    except (NotebookFailed, FileNotFoundError) as error:
+        print(f"[ftkit] {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `ftkit` command."""
+    parser = argparse.ArgumentParser(prog="ftkit", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("doctor", help="check this machine for the course").set_defaults(
+        handler=_doctor
+    )
+    prepare = commands.add_parser("prepare", help="convert the embedded model into the cache")
+    prepare.add_argument("--rebuild", action="store_true", help="convert again even if cached")
+    prepare.set_defaults(handler=_prepare)
+    notebooks = commands.add_parser(
+        "notebooks", help="copy the notebook series (and solutions) into a folder to work in"
+    )
+    notebooks.add_argument("destination", help="the folder to copy them into")
+    notebooks.add_argument("--force", action="store_true", help="replace files already there")
+    notebooks.set_defaults(handler=_notebooks)
+    run = commands.add_parser("run", help="execute the notebook series headless")
+    run.add_argument("--mode", choices=("full", "smoke"), default="full")
+    run.add_argument(
+        "--out", default="build", help="folder for the executed notebooks, runs/ and report.html"
+    )
+    run.add_argument("--model", default=None, help="override the notebooks' MODEL knob")
+    run.add_argument("notebooks", nargs="*", help="prefixes such as 01 02 (default: all)")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ftkit` command."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

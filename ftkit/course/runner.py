@@ -1,0 +1,218 @@
+"""Running the notebook series headless: the main job, and the notebook tests.
+
+Each notebook has one cell tagged `parameters` (papermill's convention) with a
+`MODEL` knob and a `MODE` knob ("full" or "smoke"). This module executes
+notebooks in a real Jupyter kernel with those knobs set, saves the executed
+copies, and reports progress and timings. The README's main job and the test
+suite both call it, so the notebooks a learner opens are the ones CI ran.
+
+papermill injects the knobs (an `injected-parameters` cell right after the
+`parameters` cell); nbclient runs the cells in the folder the executed copy goes to
+(so `runs/` lands beside the build, never inside the installed package), and its
+cell hooks time every numbered section (`## 2. ...`) and print one line as each
+ends, so a long run shows where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ftkit.course.notebooks import (
+    NotebookRun,
+    SectionRun,
+    cell_sections,
+    notebooks_dir,
+    series_notebooks,
+)
+from ftkit.course.report import write_report
+from ftkit.runs import SMOKE_RUNS_ENV
+
+MODES = ("full", "smoke")
+
+
+def _say(line: str) -> None:
+    """Print a progress line at once (also when stdout is a pipe, as under `make`)."""
+    print(line, flush=True)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` inside the block, as it was after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised, or timed out: the message names notebook, cell and section."""
+
+
+class SectionTimer:
+    """nbclient cell hooks that time each section and call `on_end` when its last cell ran."""
+
+    def __init__(self, notebook, on_end: Callable[[SectionRun], None]) -> None:
+        self.titles = cell_sections(notebook)
+        self.sections = {title: SectionRun(title) for title in dict.fromkeys(self.titles)}
+        runnable = [i for i, c in enumerate(notebook.cells)
+                    if c.cell_type == "code" and c.source.strip()]  # fmt: skip
+        self.last = {self.titles[i]: i for i in runnable}  # the last code cell of each section
+        self.on_end = on_end
+        self.cell_index: int | None = None  # the cell running now (or that failed)
+        self.started = 0.0
+
+    def cell_execute(self, cell, cell_index: int, **_) -> None:
+        """nbclient's `on_cell_execute`: a code cell is about to run."""
+        self.cell_index, self.started = cell_index, time.perf_counter()
+
+    def cell_executed(self, cell, cell_index: int, **_) -> None:
+        """nbclient's `on_cell_executed`: a code cell ran (with or without an error)."""
+        section = self.sections[self.titles[cell_index]]
+        section.cells += 1
+        section.seconds += time.perf_counter() - self.started
+        if self.last.get(section.title) == cell_index:
+            self.on_end(section)
+
+    def ran(self) -> list[SectionRun]:
+        """The sections in which at least one code cell ran, in notebook order."""
+        return [s for s in self.sections.values() if s.cells]
+
+
+def _progress_line(notebook: str, section: SectionRun, width: int = 50) -> str:
+    """`[ftkit] 03 · 4. Train, and watch it ...... 2 cells   412 s`: one section done."""
+    title = section.title if len(section.title) < width else section.title[: width - 4] + "..."
+    cells = f"{section.cells} cell{'s' if section.cells != 1 else ''}"
+    dots = (title + " ").ljust(width, ".")
+    return f"[ftkit] {notebook[:2]} · {dots} {cells:>8} {section.seconds:>5.0f} s"
+
+
+def run_notebook(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    mode: str = "smoke",
+    parameters: dict | None = None,
+    timeout: int = 1800,
+    log: Callable[[str], None] = _say,
+) -> NotebookRun:
+    """Execute a notebook top to bottom in a fresh kernel with MODE (and more) injected.
+
+    `timeout` is per cell, in seconds. On a failing cell the partly executed notebook is
+    saved to `output` and `NotebookFailed` says where.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}.")
+    path, output = Path(path), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    notebook = parameterize_notebook(load_notebook_node(str(path)),
+                                     {"MODE": mode, **(parameters or {})},
+                                     kernel_name="python3", language="python")  # fmt: skip
+
+    def section_done(section: SectionRun) -> None:
+        log(_progress_line(path.name, section))
+        nbformat.write(notebook, output)  # the executed part so far, readable during a run
+
+    timer = SectionTimer(notebook, section_done)
+    client = NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3",
+        resources={"metadata": {"path": str(output.parent)}},  # cwd: the executed copy's folder
+        on_cell_execute=timer.cell_execute, on_cell_executed=timer.cell_executed,
+    )  # fmt: skip
+    log(f"[ftkit] {path.name}: running in {mode} mode ...")
+    started = time.perf_counter()
+    try:
+        client.execute()
+    except Exception as error:  # a cell raised, timed out, or the kernel died
+        nbformat.write(notebook, output)
+        raise NotebookFailed(_failure_message(path, output, notebook, timer, error)) from error
+    seconds = time.perf_counter() - started
+    nbformat.write(notebook, output)
+    cells = sum(s.cells for s in timer.ran())
+    log(f"[ftkit] {path.name}: done, {cells} code cells in {seconds:.0f} s -> {output}")
+    return NotebookRun(path.name, output, mode, seconds, cells, timer.ran())
+
+
+def _failure_message(path: Path, output: Path, notebook, timer: SectionTimer, error) -> str:
+    """What failed, where (cell number, section, first line) and where to look next."""
+    index = timer.cell_index
+    if index is None:
+        return f"{path.name} did not start: {type(error).__name__}: {error}"
+    first_line = notebook.cells[index].source.strip().splitlines()[0]
+    if hasattr(error, "ename"):  # the cell raised: its traceback is in the saved notebook
+        what = f"{error.ename}: {error.evalue}"
+        advice = f"; its traceback shows the line: fix the cell in {path} and run again."
+    else:  # a timeout, a dead kernel, or a failure on this side: say where it was raised
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        what = f"{type(error).__name__}: {error} (raised at {frame.filename}:{frame.lineno})"
+        advice = "."
+    return (
+        f"{path.name} failed in cell {index + 1} (section {timer.titles[index]!r}, "
+        f"starting `{first_line}`): {what}. The executed part is saved in {output}{advice}"
+    )
+
+
+def run_series(
+    out_dir: str | os.PathLike = "build",
+    mode: str = "full",
+    only: Sequence[str] = (),
+    parameters: dict | None = None,
+    log: Callable[[str], None] = _say,
+    smoke_runs: str | os.PathLike | None = None,
+) -> list[NotebookRun]:
+    """Run the series (or the notebooks whose names start with `only`) into `out_dir`.
+
+    Then write `out_dir/report.html` (see `ftkit.course.report`) and print the summary table.
+    In full mode the notebooks share `out_dir/runs/`; in smoke mode one scratch runs folder
+    (`ftkit.runs.runs_folder`), so notebook 04 reuses notebook 03's fine-tune in both modes:
+    `smoke_runs`, kept afterwards, or else a temporary folder removed at the end.
+    """
+    out_dir = Path(out_dir)
+    notebooks = [p for p in series_notebooks() if not only or p.name.startswith(tuple(only))]
+    if not notebooks:
+        raise FileNotFoundError(f"No notebooks matching {list(only)} in {notebooks_dir()}.")
+    with contextlib.ExitStack() as stack:
+        if mode == "smoke":  # the kernels inherit this process's environment
+            if smoke_runs is None:
+                smoke_runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftkit-"))
+            stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
+        runs = [run_notebook(nb, out_dir / nb.name, mode, parameters, log=log)
+                for nb in notebooks]  # fmt: skip
+    report = write_report(runs, out_dir)
+    log(summary_table(runs))
+    log(f"[ftkit] report: {report}")
+    return runs
+
+
+def summary_table(runs: Sequence[NotebookRun]) -> str:
+    """A plain-text table of notebook, mode, cells and time, for the end of the main job."""
+    rows = [f"{'notebook':<40} {'mode':<6} {'cells':>5} {'seconds':>8}"]
+    rows += [f"{r.notebook:<40} {r.mode:<6} {r.cells:>5} {r.seconds:>8.0f}" for r in runs]
+    rows.append(
+        f"{'total':<40} {'':<6} {sum(r.cells for r in runs):>5} "
+        f"{sum(r.seconds for r in runs):>8.0f}"
+    )
+    return "\n".join(rows)
+
+
+def python_kernel_ok() -> bool:
+    """True when the `python3` kernel runs this interpreter (so the kernel sees ftkit)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    return spec.argv[0] in ("python", "python3", sys.executable)

@@ -1,0 +1,108 @@
+"""Speed-ups that change no number: the same losses, gradients and replies, in less time or
+memory. The core switches them on through three entry points and never reaches inside.
+
+`speed_up_training(model, lean_layers)`, on a model with its LoRA adapters, before training:
+
+- `lora_dropout`: LoRA's dropout fused into `lora_A`, its mask kept as one bit per value
+  (a fifth of a QLoRA step was torch's Bernoulli sampler; tests/test_lora_dropout.py);
+- `lean_layers` (with `lean_layers=True`): frozen RMS norms, SwiGLU and short attention
+  that keep less for the backward pass (709 MiB kept per QLoRA step, of which the norms
+  99 and SwiGLU 198; tests/test_lean_layers.py);
+- `lean_4bit` (with `lean_layers=True`): QLoRA's 4-bit LoRA layers without peft's clone,
+  the block scales dequantised once (+2% and +5% tokens/s; tests/test_lean_4bit.py);
+- `cpu_memory` (on a CPU with glibc): freed activations returned to the OS, and the heap
+  trimmed after every backward pass (peak 2.7 -> 2.1 GiB, then 2.20 -> 1.95 GiB).
+
+`fast_generation(model, prefix_ids, batch)`, around `generate`:
+
+- `generation_4bit`: 4-bit weights served by bitsandbytes' AVX512-BF16 kernel or
+  dequantised once per block (1.5x at one prompt, 1.3x at eight without AVX512-BF16;
+  benchmarks/generation_4bit.py), then restored exactly; and the output layer given a
+  contiguous input (1.7x on CPU, the same logits);
+- `shared_prefix`: a prefix every prompt shares (system prompt, few-shot examples) kept
+  once in the cache and read once per generated token (3-shot evaluation 135 -> 79 s;
+  tests/test_shared_prefix.py).
+
+`cap_onednn_kernels()`, before a process's first bf16 product (`ftkit.models.load_model`):
+oneDNN keeps 64 compiled kernels, not 1024 (a 256-example QLoRA run peaked at 1.50 GiB,
+not 1.78).
+
+Every figure was measured on the course's 2-core CPUs (benchmarks/RESULTS.md says which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ftkit.fast.cpu_memory import HeapRelease, cap_onednn_kernels, return_freed_memory
+from ftkit.fast.generation_4bit import contiguous_logits_input, fast_4bit_generation
+from ftkit.fast.lean_4bit import use_lean_4bit
+from ftkit.fast.lean_layers import use_lean_layers
+from ftkit.fast.lora_dropout import fuse_lora_dropout
+from ftkit.fast.shared_prefix import shared_prefix as keep_prefix_once  # not the module's name
+
+__all__ = ["TrainingSpeedUps", "cap_onednn_kernels", "fast_generation", "speed_up_training"]
+
+
+@dataclass
+class TrainingSpeedUps:
+    """What `speed_up_training` switched on, and the trainer callbacks it needs."""
+
+    changed: list[str] = field(default_factory=list)  # one line per speed-up switched on
+    callbacks: list = field(default_factory=list)  # TrainerCallbacks to pass to the Trainer
+
+
+def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> TrainingSpeedUps:
+    """Switch on every training speed-up that applies to `model`, a model with its adapters.
+
+    What changes: LoRA dropout fused into `lora_A` (always); frozen norms, SwiGLU, short
+    attention and 4-bit LoRA layers that keep less for the backward pass (`lean_layers`);
+    on a CPU with glibc, freed memory returned at once and the heap trimmed after every
+    backward pass (the returned `HeapRelease` callback). Same losses and gradients
+    (tests/test_lora_dropout.py, test_lean_layers.py, test_lean_4bit.py); measured on the
+    course's 2-core CPUs in benchmarks/RESULTS.md (QLoRA 1.5-1.7x TRL's tokens/s at 0.4x
+    its peak memory with all of them). The lean paths act only while a module trains with
+    gradients on: evaluation and generation run the libraries' own code. Safe to call
+    again on the same model.
+    """
+    found = TrainingSpeedUps()
+    if fused := fuse_lora_dropout(model):
+        found.changed.append(f"{fused} LoRA dropouts fused into lora_A")
+    if lean_layers:
+        found.changed += use_lean_layers(model)
+        if lean := use_lean_4bit(model):
+            found.changed.append(f"{lean} lean 4-bit LoRA layers")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and return_freed_memory():
+        found.changed.append("glibc returns freed memory at once; heap trimmed every step")
+        found.callbacks.append(HeapRelease())
+    return found
+
+
+@contextmanager
+def fast_generation(
+    model: torch.nn.Module, prefix_ids: torch.Tensor | None = None, batch: int = 1
+) -> Iterator[object]:
+    """Generate faster inside this block; yields the shared prefix's KV cache (or None).
+
+    What changes: 4-bit weights served by bitsandbytes' AVX512-BF16 kernel or dequantised
+    once (1.5x at one prompt, 1.3x at eight, benchmarks/generation_4bit.py), the output
+    layer given a contiguous input (1.7x on CPU), and `prefix_ids` (shape (1, length): the
+    tokens all `batch` prompts start with) kept once in the cache and read once per token
+    (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits (tests/test_models.py,
+    test_evaluation.py, test_shared_prefix.py). Pass the yielded cache to `generate` as
+    `past_key_values`. Blocks nest: an outer one around many batches prepares the 4-bit
+    weights once. On leaving, the model is exactly as trainable as before.
+    """
+    if prefix_ids is None:
+        prefix_ids = torch.empty((1, 0), dtype=torch.long)
+    with (
+        fast_4bit_generation(model),
+        contiguous_logits_input(model),
+        keep_prefix_once(model, prefix_ids, batch) as cache,
+    ):
+        yield cache

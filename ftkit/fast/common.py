@@ -1,0 +1,40 @@
+"""What the speed-ups share: when a module trains, the model inside a PeftModel, and the step
+bitsandbytes takes before every 4-bit product.
+
+Each speed-up in `ftkit.fast` replaces a piece of a library's forward pass only while it
+computes what the library would; these are the tests and preludes they agree on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def trains_with_grad(module: torch.nn.Module) -> bool:
+    """True while `module` is in training mode with gradients on (the lean paths' condition)."""
+    return module.training and torch.is_grad_enabled()
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PeftModel (or `model` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def product_inputs(layer: torch.nn.Module, x: torch.Tensor):
+    """What bitsandbytes' `Linear4bit.forward` does before its product, step for step:
+    `(x in the compute dtype, the bias to add, the dtype to return)`."""
+    from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+    fix_4bit_weight_quant_state_from_module(layer)
+    if not layer.compute_type_is_set:
+        layer.set_compute_type(x)
+        layer.compute_type_is_set = True
+    inp_dtype = x.dtype
+    if layer.compute_dtype is not None:
+        x = x.to(layer.compute_dtype)
+    bias = layer.bias
+    if bias is not None:
+        if bias.dtype != x.dtype:
+            bias.data = bias.data.to(x.dtype)
+        bias = bias.to(layer.compute_dtype)
+    return x, bias, inp_dtype

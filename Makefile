@@ -1,5 +1,6 @@
 # ftkit: two commands (see README.md).
 #   make main   set up .venv and run the notebook series headless on the embedded model
+#               (make main DATA=your.jsonl: on your data, checked and split first)
 #   make test   set up .venv and run the whole test suite (what .ci/run calls)
 #
 # TORCH_SPEC pins the CPU wheel these course machines carry. On a CUDA machine:
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 main: setup
 	$(PY) -m ftkit doctor || true
 	$(PY) -m ftkit prepare
-	$(PY) -m ftkit run --mode full --out build
+	$(PY) -m ftkit run --mode full --out build $(if $(DATA),--data "$(DATA)")
 
 test: setup lint
 	$(PY) -m pytest

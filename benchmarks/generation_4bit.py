@@ -60,16 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     from bitsandbytes.functional import has_avx512bf16
 
     from ftkit.config import TrainConfig
-    from ftkit.evaluation import task_system_prompt
     from ftkit.fast.generation_4bit import fast_4bit_generation
     from ftkit.hardware import cpu_name
     from ftkit.models import load_model
     from ftkit.splits import load_dataset_splits
+    from ftkit.task_data import load_task_data
     from ftkit.training import add_adapters
 
     model, tokenizer = load_model(quantization="nf4")
     model = add_adapters(model, TrainConfig(method="qlora")).eval()
-    system = {"role": "system", "content": task_system_prompt()}
+    system = {"role": "system", "content": load_task_data("support_tickets").task.system_prompt}
     test = list(load_dataset_splits("support_tickets")["test"])
     prompts = [[system, *example.messages[:-1]] for example in test[: max(args.batches)]]
 

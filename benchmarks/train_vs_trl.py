@@ -282,13 +282,16 @@ def evaluation_speed(tickets: int, max_new_tokens: int) -> dict:
     import torch
 
     from ftkit.comparison import subsample
-    from ftkit.evaluation import Approach, build_prompt, task_system_prompt
+    from ftkit.evaluation import Approach, build_prompt
     from ftkit.generation import generate_replies
     from ftkit.models import load_model
     from ftkit.splits import load_dataset_splits
+    from ftkit.task_data import load_task_data
 
     model, tokenizer = load_model(dtype=torch.float32)
-    approach = Approach("system prompt", system_prompt=task_system_prompt())
+    approach = Approach(
+        "system prompt", system_prompt=load_task_data("support_tickets").task.system_prompt
+    )
     test = subsample(list(load_dataset_splits("support_tickets")["test"]), tickets)
     prompts = [build_prompt(example, approach) for example in test]
     timings, replies = {}, {}

@@ -26,7 +26,8 @@ _MODULES = {  # module -> the public names ftkit re-exports from it
     "ftkit.estimates": (
         "TokenStats", "estimate_training_time", "measure_throughput", "token_stats",
     ),
-    "ftkit.evaluation": ("Approach", "ApproachResult", "standard_approaches", "task_system_prompt"),
+    "ftkit.evaluation": ("Approach", "ApproachResult", "standard_approaches"),
+    "ftkit.scoring": ("score_predictions",),
     "ftkit.formatting": (
         "PackedSequence", "TokenizedExample", "collate", "pack", "render", "tokenize_example",
         "tokenize_examples",
@@ -44,6 +45,8 @@ _MODULES = {  # module -> the public names ftkit re-exports from it
     "ftkit.shapes": ("FORMATS", "to_format"),
     "ftkit.shipped": ("shipped_datasets",),
     "ftkit.splits": ("check_splits", "find_overlap", "load_dataset_splits", "split_examples"),
+    "ftkit.task": ("Task", "TaskError", "infer_task", "load_task", "parse_json"),
+    "ftkit.task_data": ("TaskData", "load_task_data"),
     "ftkit.training": ("TrainResult", "load_or_train", "train"),
     "ftkit.validation": ("DataError", "DataReport", "Problem"),
 }  # fmt: skip

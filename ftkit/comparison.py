@@ -9,6 +9,7 @@ subsets of the training data and scores each on the test examples.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,15 +18,16 @@ from pathlib import Path
 
 from ftkit.evaluation import (
     GIVE_UP_AFTER,
-    LABEL_FIELDS,
-    PRIMARY,
     Approach,
     ApproachResult,
     Prediction,
+    answer_budget,
     evaluate_approach,
     pick_shots,
     restrict,
 )
+from ftkit.scoring import SIMILAR
+from ftkit.task import Task
 from ftkit.training import train
 
 
@@ -34,8 +36,13 @@ class Comparison:
     """Every approach's result on one split, and the verdict on the primary metric."""
 
     results: dict[str, ApproachResult]  # approach name -> result, in the order run
-    primary: str = PRIMARY  # the metric the verdict is about
+    task: Task  # what an answer is, and the metric the verdict is about
     settings: dict = field(default_factory=dict)  # temperature, shots, max_new_tokens, ...
+
+    @property
+    def primary(self) -> str:
+        """The metric the verdict is about (the task's primary metric)."""
+        return self.task.primary_metric
 
     def __getitem__(self, name: str) -> ApproachResult:
         return self.results[name]
@@ -78,9 +85,7 @@ class Comparison:
 
     def table_html(self, metrics: Sequence[str] | None = None) -> str:
         """The comparison as an HTML table: points with 95% intervals, tokens, latency."""
-        import html
-
-        metrics = list(metrics or [self.primary, "json_validity", *_accuracies(self)])
+        metrics = list(metrics or self.task.headline_metrics())
         head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
         body = []
         best = self.best_finetuned.name, self.best_prompting.name
@@ -95,7 +100,7 @@ class Comparison:
                 f"<tr style='{weight}'><td>{html.escape(row['approach'])}</td>{cells}"
                 f"<td>{row['prompt_tokens']:.0f}</td><td>{row['latency_ms']:.0f}</td></tr>"
             )
-        cut = self.settings.get("give_up_after")
+        cut = self.settings.get("give_up_after") if self.task.answer == "json" else None
         cut_note = (
             f" An answer that could no longer be valid JSON was cut (…) after {cut} tokens: no "
             "score changes."
@@ -104,19 +109,17 @@ class Comparison:
         )
         return (
             "<table><tr><th>approach</th>" + head + "<th>prompt tokens</th><th>latency (ms)</th>"
-            "</tr>" + "".join(body) + "</table><p><small>Scores in points (% of test examples) "
-            f"with bootstrap 95% intervals; latency per request, one at a time.{cut_note}"
-            "</small></p>"
+            "</tr>" + "".join(body) + "</table><p><small>Scores in points (x 100) with bootstrap "
+            f"95% intervals over the {self.settings.get('examples', '')} test examples; latency "
+            f"per request, one at a time.{cut_note}</small></p>"
         )
 
     def samples_html(self, n: int = 4) -> str:
-        """The first `n` test tickets side by side: the reference and every approach's answer.
+        """The first `n` test examples side by side: the reference and every approach's answer.
 
         Model output is escaped, shown as text and never rendered as HTML. An answer with
-        every label field right is green, one with some right amber, none right red.
+        everything right is green, partly right amber, nothing right red (`Prediction.hits`).
         """
-        import html
-
         results = list(self.results.values())
         answers = [{p.id: p for p in r.predictions} for r in results]
         names = ["reference", *(r.name for r in results)]
@@ -128,19 +131,18 @@ class Comparison:
                 f"<tr><td colspan='{len(results) + 1}' style='text-align:left'><b>"
                 f"{html.escape(first.id)}</b>: {html.escape(ticket)}</td></tr>"
             )
-            cells = [_answer_cell(by_id.get(first.id)) for by_id in answers]
-            rows.append(f"<tr>{_answer_cell(first, reference=True)}{''.join(cells)}</tr>")
+            cells = [_answer_cell(by_id.get(first.id), self.task) for by_id in answers]
+            rows.append(f"<tr>{_answer_cell(first, self.task, True)}{''.join(cells)}</tr>")
         return (
-            f"<table><tr>{head}</tr>{''.join(rows)}</table><p><small>Each ticket, then the "
-            "expected answer and every approach's answer. "
-            f"Green: all {len(LABEL_FIELDS)} label fields right; amber: some; red: none."
-            "</small></p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table><p><small>Each question, then the "
+            f"expected answer and every approach's answer. {_legend(self.task)}</small></p>"
         )
 
     def to_json(self, path: str | Path) -> Path:
         """Save scores, costs and every prediction as JSON (the report reads it)."""
         data = {
             "primary": self.primary,
+            "task": self.task.to_dict(),
             "settings": self.settings,
             "results": [
                 {
@@ -166,8 +168,9 @@ def compare(
     tokenizer,
     examples: Sequence,
     approaches: Iterable[Approach],
+    task: Task,
     shot_pool: Sequence = (),
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     batch_size: int = 32,
     latency_sample: int = 8,
@@ -176,29 +179,32 @@ def compare(
     progress: Callable[[str], None] | None = print,
     give_up_after: int | None = GIVE_UP_AFTER,
 ) -> Comparison:
-    """Evaluate every approach on the same examples; see `Comparison` for the verdict.
+    """Evaluate every approach on the same examples, scored as `task` says; see `Comparison`.
 
-    `model` is the fine-tuned PeftModel (its adapter is switched off for base approaches).
+    `model` is the fine-tuned PeftModel (its adapter is switched off for base approaches);
+    `max_new_tokens` defaults to `ftkit.evaluation.answer_budget`.
     """
-    approaches = list(approaches)
+    examples = list(examples)
+    max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
     results = {}
     for approach in approaches:
         started = time.perf_counter()
         result = evaluate_approach(
-            model, tokenizer, examples, approach, shot_pool, max_new_tokens, temperature,
+            model, tokenizer, examples, approach, task, shot_pool, max_new_tokens, temperature,
             batch_size, latency_sample, n_resamples, seed, give_up_after=give_up_after,
         )  # fmt: skip
         results[approach.name] = result
         if progress:
+            primary = task.primary_metric
             progress(
-                f"{approach.name}: {PRIMARY} {100 * result.scores[PRIMARY]:.1f} points, "
+                f"{approach.name}: {primary} {100 * result.scores[primary]:.1f} points, "
                 f"{result.prompt_tokens:.0f} prompt tokens, {1000 * result.latency_s:.0f} ms "
                 f"per request ({time.perf_counter() - started:.0f} s)"
             )
     settings = {"examples": len(examples), "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "seed": seed, "batch_size": batch_size,
                 "give_up_after": give_up_after}  # fmt: skip
-    return Comparison(results, settings=settings)
+    return Comparison(results, task, settings=settings)
 
 
 def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
@@ -215,28 +221,37 @@ def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
 _PRE = "white-space:pre-wrap;margin:0;font-size:85%;background:none;color:inherit"
 
 
-def _answer_cell(prediction: Prediction | None, reference: bool = False) -> str:
+def _answer_cell(prediction: Prediction | None, task: Task, reference: bool = False) -> str:
     """One answer as an escaped, coloured table cell (the reference is left uncoloured)."""
-    import html
-
     if prediction is None:
         return "<td>(no answer)</td>"
     if reference:
         text = html.escape(prediction.reference)
         return f"<td style='text-align:left'><pre style='{_PRE}'>{text}</pre></td>"
-    right = sum(prediction.field_right(name) for name in LABEL_FIELDS)
-    colour = "#d7f0d8" if right == len(LABEL_FIELDS) else "#fbe3b8" if right else "#f6d0d0"
+    hits = prediction.hits(task)
+    right = sum(hits.values())
+    colour = "#d7f0d8" if right == len(hits) else "#fbe3b8" if right else "#f6d0d0"
+    if task.answer == "json":
+        note = f"{right}/{len(hits)} labels right"
+    elif task.answer == "label":
+        note = "right" if right else "wrong"
+    else:
+        note = f"ROUGE-L {prediction.similarity or 0:.2f}"
     return (
         f"<td style='text-align:left;background:{colour};color:#222'><pre style='{_PRE}'>"
         f"{html.escape(prediction.output)}{' …' if prediction.gave_up else ''}</pre>"
-        f"<small>{right}/{len(LABEL_FIELDS)} labels "
-        "right</small></td>"
+        f"<small>{note}</small></td>"
     )
 
 
-def _accuracies(comparison: Comparison) -> list[str]:
-    first = next(iter(comparison.results.values()))
-    return [k for k in first.scores if k.endswith("_accuracy")]
+def _legend(task: Task) -> str:
+    """What the colours of `samples_html` mean for this task."""
+    if task.answer == "json":
+        fields = len(task.label_fields)
+        return f"Green: all {fields} label fields right; amber: some; red: none."
+    if task.answer == "label":
+        return "Green: the right label; red: a wrong one."
+    return f"Green: ROUGE-L at least {SIMILAR} against the reference; red: below."
 
 
 # --- how much data do I need? ------------------------------------------------------------
@@ -254,8 +269,15 @@ class CurvePoint:
     run_dir: str | None = None  # the run folder of this point's training
 
 
-def subsample(examples: Sequence, n: int, seed: int = 0, label: str = "category") -> list:
-    """n examples, stratified by `label` so small subsets still show every category.
+def curve_sizes(n: int) -> list[int]:
+    """Training-set sizes for a learning curve over `n` examples: 100, 200 and all of them,
+    or, below 400 examples, a quarter, a half and all (at least 4 each)."""
+    parts = (100, 200) if n >= 400 else (max(4, n // 4), max(4, n // 2))
+    return sorted({*(size for size in parts if size < n), n})
+
+
+def subsample(examples: Sequence, n: int, seed: int = 0, task: Task | None = None) -> list:
+    """n examples, stratified as `task` says, so small subsets still show every class.
 
     Nested: the first 25 of a seed are among its first 50, so a learning curve adds data
     rather than swapping it.
@@ -263,7 +285,7 @@ def subsample(examples: Sequence, n: int, seed: int = 0, label: str = "category"
     examples = list(examples)
     if n >= len(examples):
         return examples
-    return pick_shots(examples, n, seed, label)
+    return pick_shots(examples, n, seed, task)
 
 
 def learning_curve(
@@ -271,10 +293,10 @@ def learning_curve(
     config,
     train_examples: Sequence,
     test_examples: Sequence,
-    tokenizer=None,
+    task: Task,
     approach: Approach | None = None,
     known: dict | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     progress: Callable[[str], None] | None = print,
@@ -295,20 +317,21 @@ def learning_curve(
         if size in known:  # scored again on exactly these test examples
             result, run_dir = restrict(known[size], test_examples, n_resamples, seed), None
         else:
-            subset = subsample(train_examples, size, seed)
+            subset = subsample(train_examples, size, seed, task)
             name = f"{config.run_name or 'curve'}-{len(subset)}"
             trained = train(replace(config, run_name=name, overwrite=True), subset, reuse=True)
             result = evaluate_approach(
-                trained.model, trained.tokenizer, test_examples, approach,
+                trained.model, trained.tokenizer, test_examples, approach, task,
                 max_new_tokens=max_new_tokens, latency_sample=0, n_resamples=n_resamples,
                 seed=seed,
             )  # fmt: skip
             run_dir = str(trained.run_dir)
             del trained
-        point = CurvePoint(size, PRIMARY, result.scores[PRIMARY], result.intervals[PRIMARY],
+        primary = task.primary_metric
+        point = CurvePoint(size, primary, result.scores[primary], result.intervals[primary],
                            time.perf_counter() - started, run_dir)  # fmt: skip
         points.append(point)
         if progress:
-            progress(f"{size} examples: {PRIMARY} {100 * point.score:.1f} points "
+            progress(f"{size} examples: {primary} {100 * point.score:.1f} points "
                      f"({point.seconds:.0f} s)")  # fmt: skip
     return points

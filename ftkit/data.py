@@ -3,9 +3,10 @@
 What this adds over `datasets.load_dataset` (which reads the same files but stops at the
 first bad row, with no line number) is the teaching part:
 
-- JSONL, JSON and CSV files, in the four shapes found in the wild (chat messages,
-  prompt/completion, Alpaca, ShareGPT), detected per file or forced, all turned into
-  one `Example` form: a list of chat messages plus where it came from;
+- JSONL, JSON, CSV and Parquet files, a `datasets.Dataset` or a list of dicts, in the four
+  shapes found in the wild (chat messages, prompt/completion, Alpaca, ShareGPT), detected
+  per source or forced, all turned into one `Example` form: a list of chat messages plus
+  where it came from;
 - every problem in the file reported with file:line and a fix (`ftkit.validation`),
   raised together in strict mode, or dropped and accounted for in lenient mode;
 - `save_examples`, and converters back to each shape (`ftkit.shapes.to_format`).
@@ -21,6 +22,7 @@ import bisect
 import csv
 import io
 import json
+import os
 import re
 import warnings
 from collections import Counter
@@ -239,6 +241,34 @@ def _csv_record(header: list[str], values: list[str], problems: list, here: Prob
 
 
 _READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+DATA_SUFFIXES = (*_READERS, ".parquet")  # the files load_examples reads
+
+
+def _record_rows(records: Iterable, file: str) -> list[_Row]:
+    """Rows of in-memory records (Parquet rows, a `datasets.Dataset`, a list of dicts),
+    numbered from 1; a value that is None (an empty Parquet cell) counts as absent."""
+    rows = [
+        _Row(number, {k: v for k, v in record.items() if v is not None}
+             if isinstance(record, dict) else record)
+        for number, record in enumerate(records, 1)
+    ]  # fmt: skip
+    if not rows:
+        raise DataError([Problem(file, None, "", "no records in it", "add examples")])
+    return rows
+
+
+def _read_parquet(path: Path) -> list[_Row]:
+    """A Parquet file's rows, through pyarrow (which `datasets` brings along)."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except (pyarrow.ArrowException, OSError) as error:
+        fix = "check that it is a Parquet file (a .parquet written by pandas, pyarrow or datasets)"
+        problem = Problem(str(path), None, "", f"unreadable Parquet: {error}", fix)
+        raise DataError([problem]) from None
+    return _record_rows(table.to_pylist(), str(path))
 
 
 def _read_rows(path: Path) -> tuple[list[_Row], list[Problem]]:
@@ -303,35 +333,57 @@ def _check_examples(rows: list[_Row], tokenizer, max_length: int | None) -> None
             by_line[problem.line].problems.append(problem)
 
 
-def _check_arguments(path: Path, format: str, tokenizer, max_length: int | None) -> None:
+def _check_arguments(format: str, tokenizer, max_length: int | None) -> None:
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format must be 'auto' or one of {FORMATS}{suggest(format, FORMATS)}")
     if max_length is not None and tokenizer is None:
         raise ValueError("max_length counts tokens: pass the tokenizer too (tokenizer=...).")
+
+
+def _check_path(path: Path) -> None:
     if not path.is_file():
-        near = sorted(p.name for p in path.parent.glob("*") if p.suffix in _READERS)
+        near = sorted(p.name for p in path.parent.glob("*") if p.suffix in DATA_SUFFIXES)
         hint = f" Data files there: {', '.join(near)}." if near else ""
         raise FileNotFoundError(f"No data file at {path}.{hint}")
-    if path.suffix.lower() not in _READERS:
-        raise ValueError(f"ftkit reads .jsonl, .json and .csv files, not {path.name!r}.")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise ValueError(
+            f"ftkit reads .jsonl, .json, .csv and .parquet files, not {path.name!r}. For a "
+            "datasets.Dataset or a list of dicts, pass the object itself."
+        )
+
+
+def _rows_of(source) -> tuple[str, list[_Row], list[Problem]]:
+    """(what to call the source in messages, its rows, warnings) for a file or records."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        _check_path(path)
+        if path.suffix.lower() == ".parquet":
+            return str(path), _read_parquet(path), []
+        return str(path), *_read_rows(path)
+    if isinstance(source, dict) or not isinstance(source, Iterable):
+        raise TypeError(
+            f"load_examples takes a file path, a datasets.Dataset or a list of dicts, not "
+            f"{type(source).__name__}."
+        )
+    name = f"<{type(source).__name__}>" if type(source).__name__ == "Dataset" else "<records>"
+    return name, _record_rows(source, name), []
 
 
 def load_examples(
-    path: str | Path,
+    source,
     format: str = "auto",
     strict: bool = True,
     tokenizer=None,
     max_length: int | None = None,
 ) -> Examples:
-    """Load a JSONL/JSON/CSV file in any of the four shapes as checked chat examples.
+    """Load data in any of the four shapes as checked chat examples: a JSONL, JSON, CSV or
+    Parquet file, a `datasets.Dataset`, or a list of dicts.
 
-    Strict (the default) raises one `DataError` listing every problem; strict=False
-    drops the bad rows and says why in `.report`.
+    Strict (the default) raises one `DataError` listing every problem (file:line, or row N);
+    strict=False drops the bad rows and says why in `.report`.
     """
-    path = Path(path)
-    _check_arguments(path, format, tokenizer, max_length)
-    file = str(path)
-    rows, warned = _read_rows(path)
+    _check_arguments(format, tokenizer, max_length)
+    file, rows, warned = _rows_of(source)
     shape = _choose_shape(rows, format, file)
     _make_examples(rows, shape, file)
     _check_examples(rows, tokenizer, max_length)
@@ -354,3 +406,21 @@ def save_examples(examples: Iterable[Example], path: str | Path, format: str = "
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def round_trip(examples: Sequence[Example], folder: str | Path) -> dict[str, str]:
+    """Write `examples` in every shape into `folder` and read each file back; per shape, what
+    came back (the shape detected, whether the messages are the same, the first line), or
+    why the shape cannot hold them (Alpaca holds one turn, for instance)."""
+    examples, found = list(examples), {}
+    for shape in FORMATS:
+        try:
+            path = save_examples(examples, Path(folder) / f"{shape}.jsonl", format=shape)
+        except ValueError as error:
+            found[shape] = f"cannot hold these examples: {error}"
+            continue
+        loaded = load_examples(path)
+        same = [e.messages for e in loaded] == [e.messages for e in examples]
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        found[shape] = f"detected as {loaded.format}, same messages: {same}; {first[:90]} ..."
+    return found

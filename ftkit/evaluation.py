@@ -1,40 +1,38 @@
 """Evaluation harness: one held-out split, several ways of asking, measured side by side.
 
-Was fine-tuning worth it, or would a better prompt have done? `compare` answers it on the
-learner's own run. Every `Approach` is a way of asking one model for the answer:
+Was fine-tuning worth it, or would a better prompt have done? `ftkit.comparison.compare`
+answers it on the learner's own run and task. Every `Approach` is a way of asking one model:
 
-- the base model zero-shot (the ticket alone);
-- the base model with an engineered system prompt (the task's rules spelled out);
-- the base model with the system prompt and k solved examples from the training split
-  as earlier turns of the conversation (few-shot);
-- the fine-tuned adapter with the ticket alone (what it was trained on);
+- the base model zero-shot (the question as the data presents it);
+- the base model with the task's engineered system prompt (its rules spelled out);
+- the base model with k solved training examples as earlier turns (few-shot);
+- the fine-tuned adapter with the question alone (what it was trained on);
 - the fine-tuned adapter with the system prompt too.
 
-Each is generated over the same test examples in batches (left padding, greedy unless a
-temperature is given, stopping at the end of the assistant's turn) and scored with the
-`evaluate` modules shipped in `ftkit.metrics`, each with a bootstrap 95% confidence
-interval. Besides quality, every approach reports what it costs: prompt tokens per
-request, and latency per request measured one request at a time (what a user waits).
-The base model and the fine-tune share one set of weights: the base approaches run the
-same PeftModel with its adapter switched off.
+What an answer is and how it is scored comes from the `ftkit.task.Task`: a JSON object
+(validity, per-field accuracy, all label fields right, ROUGE-L of text fields), a label
+(accuracy, macro-F1) or free text (ROUGE-L, chrF), exact match for all, each with a
+bootstrap 95% interval from the `evaluate` modules in `ftkit.metrics`. Every approach also
+reports what it costs: prompt tokens per request, and latency one request at a time. The
+base and the fine-tune share one set of weights: base approaches switch the adapter off.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from ftkit.fast import fast_generation
-from ftkit.generation import Messages, generate_replies, parse_json
-from ftkit.metrics import load_metric
-from ftkit.shipped import dataset_dir
+from ftkit.generation import Messages, generate_replies
+from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
+from ftkit.task import Task, answer_of, parse_json
 
-LABEL_FIELDS = ("category", "priority", "product")  # the support-ticket task's label fields
-PRIMARY = "labels_exact"  # share of answers with every label field right
+GIVE_UP_AFTER = 24  # tokens a JSON answer that cannot be JSON gets before it is cut (still shown)
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class Approach:
 
     name: str  # shown in tables and plots
     model: str = "base"  # "base" (adapter off) or "finetuned" (adapter on)
-    system_prompt: str | None = None  # None: the ticket alone
+    system_prompt: str | None = None  # None: the question as the data presents it
     shots: int = 0  # solved training examples put before the question (few-shot)
 
     @property
@@ -52,37 +50,38 @@ class Approach:
         return self.model == "base"
 
 
-def task_system_prompt(dataset: str = "support_tickets") -> str:
-    """The engineered system prompt shipped with a dataset (its system_prompt.txt)."""
-    path = dataset_dir(dataset) / "system_prompt.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: dataset {dataset!r} ships no system prompt.")
-    return path.read_text(encoding="utf-8").strip()
+def standard_approaches(task: Task, shots: int = 3) -> list[Approach]:
+    """Notebook 04's approaches for `task`, with `shots` examples for the few-shot one.
+
+    With a system prompt the data does not already carry: zero-shot, + system prompt, +
+    prompt + k-shot, fine-tuned, fine-tuned + prompt. Otherwise (no prompt, or every
+    example carries it) the prompt variants would repeat zero-shot and fine-tuned, and go.
+    """
+    prompt = task.system_prompt if not task.prompt_in_data else None
+    approaches = [Approach("base, zero-shot")]
+    if prompt:
+        approaches.append(Approach("base + system prompt", system_prompt=prompt))
+    name = f"base + prompt + {shots}-shot" if prompt else f"base + {shots}-shot"
+    approaches += [Approach(name, system_prompt=prompt, shots=shots)]
+    approaches.append(Approach("fine-tuned", model="finetuned"))
+    if prompt:
+        approaches.append(Approach("fine-tuned + prompt", model="finetuned", system_prompt=prompt))
+    return approaches
 
 
-def standard_approaches(system_prompt: str, shots: int = 3) -> list[Approach]:
-    """The five approaches of notebook 04, with `shots` examples for the few-shot one."""
-    return [
-        Approach("base, zero-shot"),
-        Approach("base + system prompt", system_prompt=system_prompt),
-        Approach(f"base + prompt + {shots}-shot", system_prompt=system_prompt, shots=shots),
-        Approach("fine-tuned", model="finetuned"),
-        Approach("fine-tuned + prompt", model="finetuned", system_prompt=system_prompt),
-    ]
+def pick_shots(pool: Sequence, k: int, seed: int = 0, task: Task | None = None) -> list:
+    """k solved examples from `pool`, covering as many classes of `task.stratify` as k allows.
 
-
-def pick_shots(pool: Sequence, k: int, seed: int = 0, label: str = "category") -> list:
-    """k solved examples from `pool`, covering as many values of `label` as k allows.
-
-    Round-robin over the label's values in a seeded order, so 6 shots show 6 categories
-    rather than whatever came first.
+    Round-robin over the classes in a seeded order, so 6 shots show 6 categories rather than
+    whatever came first; without a stratify field, k seeded draws.
     """
     if k <= 0:
         return []
     rng = random.Random(seed)
     groups: dict[str, list] = {}
     for example in pool:
-        groups.setdefault(str(_labels(example).get(label, "")), []).append(example)
+        value = task.value_of(example) if task is not None else None
+        groups.setdefault(str(value or ""), []).append(example)
     for members in groups.values():
         rng.shuffle(members)
     order = sorted(groups)
@@ -96,14 +95,27 @@ def pick_shots(pool: Sequence, k: int, seed: int = 0, label: str = "category") -
 
 
 def build_prompt(example, approach: Approach, shots: Sequence = ()) -> Messages:
-    """The conversation sent for one example: system prompt, solved examples, the question."""
-    messages: Messages = []
+    """The conversation sent for one example: system prompt, solved examples, the question.
+
+    The approach's system prompt replaces the example's own; without one, the example keeps
+    its own (if it has one), so "zero-shot" asks exactly what the data asks.
+    """
+    messages: Messages = [m for m in example.messages[:1] if m["role"] == "system"]
     if approach.system_prompt:
-        messages.append({"role": "system", "content": approach.system_prompt})
+        messages = [{"role": "system", "content": approach.system_prompt}]
     for shot in shots:
-        messages += [m for m in shot.messages if m["role"] in ("user", "assistant")]
-    messages += [m for m in example.messages[:-1] if m["role"] == "user"]
-    return messages
+        messages += [m for m in shot.messages if m["role"] != "system"]
+    return messages + [m for m in example.messages[:-1] if m["role"] != "system"]
+
+
+def answer_budget(task: Task, examples: Sequence, tokenizer) -> int:
+    """Tokens an answer may take: the task's `max_new_tokens`, else a quarter more than the
+    longest reference answer (at least 16, at most 512), in multiples of 8."""
+    if task.max_new_tokens:
+        return task.max_new_tokens
+    longest = max(len(tokenizer(answer_of(e), add_special_tokens=False)["input_ids"])
+                  for e in examples)  # fmt: skip
+    return min(512, max(16, 8 * math.ceil(1.25 * (longest + 1) / 8)))
 
 
 @dataclass
@@ -111,13 +123,14 @@ class Prediction:
     """One test example under one approach: what was asked, answered and expected."""
 
     id: str  # the example's id (or its source line)
-    question: str  # the user message (the ticket)
-    reference: str  # the expected answer (the example's assistant message)
+    question: str  # the last user message
+    reference: str  # the expected answer (the example's last message)
     output: str  # what the model answered
     prompt_tokens: int  # tokens in the templated prompt
     new_tokens: int  # tokens generated
     parsed: dict | None = None  # the output as a JSON object, if it is one
     gave_up: bool = False  # generation stopped once the output could no longer be JSON
+    similarity: float | None = None  # free text: ROUGE-L against the reference
 
     @cached_property
     def _reference_fields(self) -> dict:
@@ -130,6 +143,15 @@ class Prediction:
     def field_right(self, name: str) -> bool:
         """Whether the answer's `name` field equals the reference's."""
         return self.parsed is not None and str(self.parsed.get(name)) == self.expected(name)
+
+    def hits(self, task: Task) -> dict[str, bool]:
+        """What is right in this answer: each label field (json), the label, or "close to the
+        reference" (text: ROUGE-L at least `SIMILAR`)."""
+        if task.answer == "json":
+            return {name: self.field_right(name) for name in task.label_fields}
+        if task.answer == "label":
+            return {"answer": label_form(self.output) == label_form(self.reference)}
+        return {"similar": (self.similarity or 0.0) >= SIMILAR}
 
 
 @dataclass
@@ -144,70 +166,22 @@ class ApproachResult:
     new_tokens: float  # mean generated tokens per request
     latency_s: float  # mean seconds per request, one request at a time
     batch_seconds_per_request: float  # seconds per request when generated in batches
+    task: Task = field(repr=False)  # what an answer is, and how it was scored
 
     @property
     def name(self) -> str:
         return self.approach.name
 
     def wrong(self, field_name: str | None = None) -> list[Prediction]:
-        """Predictions with `field_name` wrong (any label field, or invalid JSON, if None)."""
-        fields_ = (field_name,) if field_name else LABEL_FIELDS
-        return [p for p in self.predictions if not all(p.field_right(f) for f in fields_)]
-
-
-GIVE_UP_AFTER = 24  # tokens an answer that cannot be JSON gets before it is cut (still shown)
-
-
-def score_predictions(
-    outputs: Sequence[str],
-    references: Sequence[str],
-    fields: Sequence[str] = LABEL_FIELDS,
-    label_field: str = "category",
-    text_field: str | None = "summary",
-    n_resamples: int = 1000,
-    seed: int = 0,
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """Score answers with ftkit's `evaluate` modules; every score with a bootstrap 95% CI.
-
-    Returns (scores, intervals). Keys: `labels_exact` (every field in `fields` right: the
-    primary metric), `<field>_accuracy`, `json_validity`, `exact_match` (the whole answer,
-    summary included), `<label_field>_macro_f1` and `<text_field>_rouge_l`.
-    """
-    outputs, references = list(outputs), list(references)
-    common = {"n_resamples": n_resamples, "seed": seed}
-    raw: dict[str, dict] = {
-        "fields": load_metric("field_accuracy").compute(
-            predictions=outputs, references=references, fields=list(fields), **common
-        ),
-        "json": load_metric("json_validity").compute(predictions=outputs, **common),
-        "exact": load_metric("exact_match").compute(
-            predictions=outputs, references=references, **common
-        ),
-        "f1": load_metric("macro_f1").compute(
-            predictions=outputs, references=references, field=label_field, **common
-        ),
-    }
-    if text_field:
-        raw["rouge"] = load_metric("rouge_l").compute(
-            predictions=outputs, references=references, field=text_field, **common
-        )
-    names = {
-        ("fields", "all_fields"): PRIMARY,
-        **{("fields", f"{f}_accuracy"): f"{f}_accuracy" for f in fields},
-        ("json", "json_validity"): "json_validity",
-        ("exact", "exact_match"): "exact_match",
-        ("f1", "macro_f1"): f"{label_field}_macro_f1",
-        ("rouge", "rouge_l"): f"{text_field}_rouge_l",
-    }
-    scores, intervals = {}, {}
-    for (source, key), name in names.items():
-        if source not in raw:
-            continue
-        values = raw[source]
-        scores[name] = float(values[key])
-        if f"{key}_ci_low" in values:
-            intervals[name] = (float(values[f"{key}_ci_low"]), float(values[f"{key}_ci_high"]))
-    return scores, intervals
+        """Predictions with `field_name` wrong (json), or anything wrong (any label field or
+        invalid JSON; a wrong label; a free-text answer not close to its reference)."""
+        if field_name:
+            return [p for p in self.predictions if not p.field_right(field_name)]
+        json_task = self.task.answer == "json"
+        return [
+            p for p in self.predictions
+            if not all(p.hits(self.task).values()) or (json_task and p.parsed is None)
+        ]  # fmt: skip
 
 
 def evaluate_approach(
@@ -215,8 +189,9 @@ def evaluate_approach(
     tokenizer,
     examples: Sequence,
     approach: Approach,
+    task: Task,
     shot_pool: Sequence = (),
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     batch_size: int = 32,
     latency_sample: int = 8,
@@ -228,25 +203,38 @@ def evaluate_approach(
     """Generate `approach`'s answers for every example, score them and measure their cost.
 
     `model` is the fine-tuned PeftModel: base approaches run it with the adapter off.
-    Batches read a shared system prompt and shots once (`generate_replies(share_prefix=True)`);
-    latency is measured one request at a time, without that sharing, on the first
-    `latency_sample` examples: what one user waits for. In the batches an answer that can no
-    longer be valid JSON is cut after `give_up_after` tokens (`generate_replies`): every
-    score is the same as without the cut, which saves a rambling approach most of its time;
-    latency is measured without it, as a user would wait.
+    `max_new_tokens` defaults to `answer_budget`. Batches read a shared system prompt and
+    shots once (`generate_replies(share_prefix=True)`); latency is measured one request at a
+    time, without that sharing, on the first `latency_sample` examples: what one user waits
+    for. For a json task an answer that can no longer be valid JSON is cut after
+    `give_up_after` tokens in the batches: every score is the same as without the cut.
     """
     examples = list(examples)
     if not examples:
         raise ValueError("evaluate_approach: no examples to evaluate on.")
-    shots = pick_shots(shot_pool, approach.shots, seed)
+    shots = pick_shots(shot_pool, approach.shots, seed, task)
     if len(shots) < approach.shots:
         raise ValueError(
             f"{approach.name!r} needs {approach.shots} solved examples but the shot pool has "
             f"{len(shots)}: pass the training split as shot_pool."
         )
+    max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
+    give_up_after = give_up_after if task.answer == "json" else None
     prompts = [build_prompt(example, approach, shots) for example in examples]
+    replies, batched, timed = _generate_all(
+        model, tokenizer, prompts, approach, max_new_tokens, temperature, batch_size,
+        latency_sample, give_up_after, progress,
+    )  # fmt: skip
+    predictions = [_prediction(example, reply) for example, reply in zip(examples, replies,
+                                                                         strict=True)]  # fmt: skip
+    return _result(approach, predictions, task, batched, timed, n_resamples, seed)
+
+
+def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperature, batch_size,
+                  latency_sample, give_up_after, progress):  # fmt: skip
+    """(replies in prompt order, batched seconds per request, one-at-a-time seconds)."""
     order = sorted(range(len(prompts)), key=lambda i: _length(prompts[i]))  # less padding
-    with adapter_for(model, approach), fast_generation(model):  # 4-bit prepared once, not per batch
+    with adapter_for(model, approach), fast_generation(model):  # 4-bit prepared once
         started = time.perf_counter()
         replies = [None] * len(prompts)
         for start in range(0, len(order), batch_size):
@@ -266,23 +254,29 @@ def evaluate_approach(
             generate_replies(model, tokenizer, [prompt], max_new_tokens=max_new_tokens,
                              temperature=temperature)  # fmt: skip
             timed.append(time.perf_counter() - started)
-    predictions = [
-        Prediction(
-            id=str(example.meta.get("id") or example.source),
-            question=_question(example),
-            reference=example.messages[-1]["content"],
-            output=reply.text,
-            prompt_tokens=reply.prompt_tokens,
-            new_tokens=reply.new_tokens,
-            parsed=parse_json(reply.text),
-            gave_up=reply.gave_up,
-        )
-        for example, reply in zip(examples, replies, strict=True)
-    ]
-    scores, intervals = score_predictions(
-        [p.output for p in predictions], [p.reference for p in predictions],
-        n_resamples=n_resamples, seed=seed,
-    )  # fmt: skip
+    return replies, batched, timed
+
+
+def _prediction(example, reply) -> Prediction:
+    return Prediction(
+        id=str(example.meta.get("id") or example.source),
+        question=_question(example),
+        reference=answer_of(example),
+        output=reply.text,
+        prompt_tokens=reply.prompt_tokens,
+        new_tokens=reply.new_tokens,
+        parsed=parse_json(reply.text),
+        gave_up=reply.gave_up,
+    )
+
+
+def _result(approach, predictions, task, batched, timed, n_resamples, seed) -> ApproachResult:
+    """Score the predictions (and, for free text, each one's similarity) into a result."""
+    outputs, references = [p.output for p in predictions], [p.reference for p in predictions]
+    scores, intervals = score_predictions(outputs, references, task, n_resamples, seed)
+    if task.answer == "text":
+        for prediction, value in zip(predictions, similarities(outputs, references), strict=True):
+            prediction.similarity = value
     return ApproachResult(
         approach=approach,
         predictions=predictions,
@@ -292,11 +286,13 @@ def evaluate_approach(
         new_tokens=sum(p.new_tokens for p in predictions) / len(predictions),
         latency_s=sum(timed) / len(timed) if timed else float("nan"),
         batch_seconds_per_request=batched,
+        task=task,
     )
 
 
 def adapter_for(model, approach: Approach):
-    """Switch the adapter off for base approaches (a no-op on a model without one)."""
+    """The context in which `model` answers as `approach` says: the adapter switched off for
+    base approaches (a no-op on a model without one), on for fine-tuned ones."""
     if approach.model == "base" and hasattr(model, "disable_adapter"):
         return model.disable_adapter()
     if approach.model == "finetuned" and not hasattr(model, "disable_adapter"):
@@ -309,12 +305,8 @@ def _length(messages: Messages) -> int:
 
 
 def _question(example) -> str:
-    return next((m["content"] for m in example.messages if m["role"] == "user"), "")
-
-
-def _labels(example) -> dict:
-    parsed = parse_json(example.messages[-1]["content"]) if example.messages else None
-    return parsed or example.meta
+    users = [m["content"] for m in example.messages if m["role"] == "user"]
+    return users[-1] if users else ""
 
 
 def restrict(result: ApproachResult, examples: Sequence, n_resamples: int = 1000,
@@ -328,7 +320,7 @@ def restrict(result: ApproachResult, examples: Sequence, n_resamples: int = 1000
                          f"(first: {missing[0]}).")  # fmt: skip
     predictions = [by_id[i] for i in wanted]
     scores, intervals = score_predictions([p.output for p in predictions],
-                                          [p.reference for p in predictions],
+                                          [p.reference for p in predictions], result.task,
                                           n_resamples=n_resamples, seed=seed)  # fmt: skip
     tokens = sum(p.prompt_tokens for p in predictions) / len(predictions)
     return replace(result, predictions=predictions, scores=scores, intervals=intervals,

@@ -156,7 +156,7 @@ def _generate_batch(
     started = time.perf_counter()
     with (
         torch.inference_mode(),
-        fast_generation(model, input_ids[:1, :prefix], len(prompts)) as cache,
+        fast_generation(model, input_ids[:1, :prefix], len(prompts)) as cached,
     ):
         output = model.generate(
             input_ids=input_ids,
@@ -164,7 +164,7 @@ def _generate_batch(
             max_new_tokens=max_new_tokens,
             eos_token_id=stops.tolist(),
             pad_token_id=pad,
-            **({"past_key_values": cache} if cache is not None else {}),
+            **cached,
             **sampling,
             **extra,
         )
@@ -199,12 +199,3 @@ def _count_new(row: torch.Tensor, stops: torch.Tensor) -> int:
     """Generated tokens up to and including the first stop token (the rest is padding)."""
     hits = torch.isin(row, stops).nonzero()
     return int(hits[0]) + 1 if len(hits) else int(row.numel())
-
-
-def parse_json(text: str) -> dict | None:
-    """Parse a reply as one JSON object; None if it is not exactly that (no repair, no guessing)."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from ftkit.data import Example, Examples, load_examples
-from ftkit.shipped import dataset_dir
+from ftkit.data import DATA_SUFFIXES, Example, Examples, load_examples
+from ftkit.shipped import dataset_dir, shipped_datasets
 from ftkit.validation import Problem, place
 
 SPLITS = ("train", "validation", "test")
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
+               "test": ("test",)}  # file names (stems) each split may have  # fmt: skip
 
 
 def input_key(example: Any) -> str:
@@ -61,9 +64,12 @@ def split_examples(
     validation: float = 0.1,
     test: float = 0.1,
     seed: int = 0,
-    stratify: str | None = None,
+    stratify: str | Callable[[Example], Any] | None = None,
 ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Split into (train, validation, test): seeded, stratified by a meta label, leak-free.
+    """Split into (train, validation, test): seeded, stratified, leak-free.
+
+    `stratify` is a field of the examples' records (`meta`), or a function giving an
+    example's class (`task.value_of`), or None.
 
     Identical inputs (ignoring case and spacing) always land in the same split. Each
     split keeps the original order.
@@ -101,7 +107,9 @@ def _round(value: float) -> int:
     return int(value + 0.5)
 
 
-def _groups_by_label(examples: list[Example], stratify: str | None) -> dict[Any, list[list[int]]]:
+def _groups_by_label(
+    examples: list[Example], stratify: str | Callable[[Example], Any] | None
+) -> dict[Any, list[list[int]]]:
     """Indices of examples with the same input, grouped by the label of the first one."""
     by_input: dict[str, list[int]] = {}
     for index, example in enumerate(examples):
@@ -109,12 +117,13 @@ def _groups_by_label(examples: list[Example], stratify: str | None) -> dict[Any,
     groups: dict[Any, list[list[int]]] = {}
     for indices in by_input.values():
         first = examples[indices[0]]
-        if stratify is not None and stratify not in first.meta:
+        if isinstance(stratify, str) and stratify not in first.meta:
             raise ValueError(
                 f"stratify={stratify!r}, but {first.source or 'an example'} has no such field "
                 f"(its fields: {sorted(first.meta)}). Pass a field every example has, or None."
             )
-        label = first.meta[stratify] if stratify is not None else None
+        label = first.meta[stratify] if isinstance(stratify, str) else (
+            stratify(first) if stratify is not None else None)  # fmt: skip
         hashable = label if isinstance(label, str | int | float | None) else str(label)
         groups.setdefault(hashable, []).append(indices)
     return groups
@@ -134,16 +143,37 @@ def _allocate(sizes: dict[Any, int], total: int, room: dict[Any, int]) -> dict[A
     return quota
 
 
+def split_files(folder: Path) -> dict[str, Path]:
+    """A folder's train, validation and test files (by name; each at most once)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        split = next((s for s, names in SPLIT_NAMES.items() if path.stem.lower() in names), None)
+        if split is None or path.suffix.lower() not in DATA_SUFFIXES:
+            continue
+        if split in found:
+            raise ValueError(f"{folder} holds two {split} files, {found[split].name} and "
+                             f"{path.name}: keep one.")  # fmt: skip
+        found[split] = path
+    if "train" not in found or "test" not in found:
+        data = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in DATA_SUFFIXES)
+        raise FileNotFoundError(
+            f"{folder} needs a train and a test file (train.jsonl, test.jsonl, ...; also .json, "
+            f".csv or .parquet); it has {data or 'no data files'}. Or pass one file: ftkit "
+            "splits it."
+        )
+    return found
+
+
 def load_dataset_splits(
     name: str = "support_tickets", strict: bool = True, tokenizer=None, max_length=None
 ) -> dict[str, Examples]:
-    """Load a shipped dataset's train, validation and test splits; an input in two is a warning."""
-    folder = dataset_dir(name)
-    splits = {
-        split: load_examples(folder / f"{split}.jsonl", "auto", strict, tokenizer, max_length)
-        for split in SPLITS
-    }
-    for problem in check_splits(*splits.values()):
-        split = next(s for s in SPLITS if problem.file == str(folder / f"{s}.jsonl"))
+    """Load the train, validation and test files of a shipped dataset (or of a folder, by
+    path); an input found in two splits is a warning."""
+    folder = Path(name) if name not in shipped_datasets() and Path(name).is_dir() else None
+    files = split_files(folder or dataset_dir(name))
+    splits = {split: load_examples(path, "auto", strict, tokenizer, max_length)
+              for split, path in files.items()}  # fmt: skip
+    for problem in check_splits(*(splits.get(s, []) for s in SPLITS)):
+        split = next(s for s, path in files.items() if problem.file == str(path))
         splits[split].report.warnings.append(problem)
     return splits

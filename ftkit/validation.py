@@ -206,11 +206,16 @@ def check_order(messages: list[dict[str, str]], name: str = "messages") -> list[
     return issues
 
 
+ROW_NUMBERED = (".csv", ".parquet")  # sources whose records are rows, not lines
+
+
 def location(file: str, line: int | None) -> str:
-    """ "file.jsonl:12", "file.csv:row 7" (the header is row 1), or the file alone."""
+    """ "file.jsonl:12", "file.csv:row 7" (the header is row 1), "file.parquet:row 3" or
+    "<records>:row 3" (in-memory records, from 1), or the file alone."""
     if line is None:
         return file
-    return f"{file}:row {line}" if file.lower().endswith(".csv") else f"{file}:{line}"
+    rows = file.lower().endswith(ROW_NUMBERED) or file.startswith("<")
+    return f"{file}:row {line}" if rows else f"{file}:{line}"
 
 
 _JSON_HINTS = {

@@ -63,3 +63,16 @@ def smoke_series(tmp_path_factory):
     runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=runs_dir)
     return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines,
                            runs_dir=runs_dir)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def voice_series(tmp_path_factory):
+    """The series run once in smoke mode on the shipped free-text task (DATASET =
+    "brand_voice"), as `ftkit run --dataset brand_voice` runs it."""
+    from ftkit.course.runner import run_series
+
+    out = tmp_path_factory.mktemp("voice")
+    lines: list[str] = []
+    runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=out / "runs",
+                      parameters={"DATASET": "brand_voice"})  # fmt: skip
+    return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines)

@@ -301,10 +301,10 @@ def compare_typed_ticket(page: Any, ticket: str, timeout_s: float) -> list[list[
     box.fill("")
     box.press_sequentially(ticket)
     page.locator("button.ftkit-comparator-button").click()
-    # Only the callback run on a typed ticket writes this (a test ticket has a reference).
-    page.locator(".ftkit-comparator-answers", has_text="a typed ticket has no reference").wait_for(
-        timeout=timeout_s * 1000
-    )
+    # Only the callback run on a typed question writes this (a test example has a reference).
+    page.locator(
+        ".ftkit-comparator-answers", has_text="a typed question has no reference"
+    ).wait_for(timeout=timeout_s * 1000)
     comparator.scroll_into_view_if_needed()
     return page.evaluate(
         """() => Array.from(document.querySelectorAll('.ftkit-comparator-answers tr'))

@@ -224,8 +224,10 @@ def test_bad_arguments_fail_early(tmp_path):
         load_examples(SHAPES / "chat.jsonl", max_length=10)
     with pytest.raises(FileNotFoundError, match=r"chats\.jsonl"):
         load_examples(SHAPES / "chats.jsonl")
-    with pytest.raises(ValueError, match=r"\.jsonl, \.json and \.csv"):
+    with pytest.raises(ValueError, match=r"\.jsonl, \.json, \.csv and \.parquet"):
         load_examples(write(tmp_path, "data.txt", [GOOD]))
+    with pytest.raises(TypeError, match=r"a file path, a datasets\.Dataset or a list of dicts"):
+        load_examples({"messages": []})
 
 
 def test_json_lines_in_a_json_file_load_with_a_warning(tmp_path):

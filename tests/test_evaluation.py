@@ -21,19 +21,17 @@ from ftkit.course.plots import (
     plot_quality_vs_cost,
 )
 from ftkit.course.widgets import Comparator, ComparisonControls, ErrorBrowser
-from ftkit.evaluation import (
-    PRIMARY,
-    Approach,
-    build_prompt,
-    pick_shots,
-    score_predictions,
-    standard_approaches,
-    task_system_prompt,
-)
-from ftkit.generation import generate_replies, parse_json
+from ftkit.evaluation import Approach, build_prompt, pick_shots, standard_approaches
+from ftkit.generation import generate_replies
 from ftkit.models import load_model
+from ftkit.scoring import score_predictions
 from ftkit.splits import load_dataset_splits
+from ftkit.task import parse_json
+from ftkit.task_data import load_task_data
 from ftkit.training import add_adapters
+
+TICKETS = load_task_data("support_tickets").task  # the shipped ticket task
+PRIMARY = TICKETS.primary_metric  # labels_exact
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +48,10 @@ def peft_model():
 @pytest.fixture(scope="module")
 def comparison(peft_model, splits):
     model, tokenizer = peft_model
-    approaches = standard_approaches(task_system_prompt(), shots=2)
-    return compare(model, tokenizer, list(splits["test"])[:4], approaches, list(splits["train"]),
-                   max_new_tokens=40, latency_sample=1, n_resamples=100, progress=None)  # fmt: skip
+    approaches = standard_approaches(TICKETS, shots=2)
+    return compare(model, tokenizer, list(splits["test"])[:4], approaches, TICKETS,
+                   list(splits["train"]), max_new_tokens=40, latency_sample=1, n_resamples=100,
+                   progress=None)  # fmt: skip
 
 
 def test_every_approach_answers_every_example(comparison):
@@ -99,7 +98,8 @@ def test_the_table_says_when_answers_were_cut(comparison):
 
     assert "was cut (…) after 24 tokens" in comparison.table_html()
     for settings in ({}, {"give_up_after": None}):  # not cut: no such note
-        assert "was cut" not in Comparison(comparison.results, settings=settings).table_html()
+        table = Comparison(comparison.results, TICKETS, settings=settings).table_html()
+        assert "was cut" not in table
 
 
 def test_batched_generation_matches_one_at_a_time(splits):
@@ -109,7 +109,7 @@ def test_batched_generation_matches_one_at_a_time(splits):
     (measured here: 1 or 2 of these 4 replies differ somewhere after the first tokens)."""
     model, tokenizer = load_model(dtype="fp32")
     prompts = [e.messages[:-1] for e in list(splits["test"])[4:8]]
-    system = task_system_prompt()
+    system = TICKETS.system_prompt
     batched = generate_replies(model, tokenizer, prompts, system, max_new_tokens=32, batch_size=4)
     single = [generate_replies(model, tokenizer, [p], system, max_new_tokens=32)[0]
               for p in prompts]  # fmt: skip
@@ -122,7 +122,7 @@ def test_a_shared_prefix_is_read_once_with_the_same_replies(splits):
     in fp32 the replies are exactly those of the plain batch, prompt token counts too."""
     model, tokenizer = load_model(dtype="fp32")
     prompts = [e.messages[:-1] for e in list(splits["test"])[8:12]]
-    system = task_system_prompt()
+    system = TICKETS.system_prompt
     plain = generate_replies(model, tokenizer, prompts, system, max_new_tokens=24, batch_size=4)
     shared = generate_replies(model, tokenizer, prompts, system, max_new_tokens=24, batch_size=4,
                               share_prefix=True)  # fmt: skip
@@ -185,10 +185,10 @@ def test_giving_up_on_json_cuts_rambling_replies_and_changes_no_score(splits):
 
 def test_shots_cover_the_categories_and_come_first(splits):
     train = list(splits["train"])
-    shots = pick_shots(train, 6, seed=1)
+    shots = pick_shots(train, 6, seed=1, task=TICKETS)
     assert len({parse_json(s.messages[-1]["content"])["category"] for s in shots}) == 6
-    assert pick_shots(train, 6, seed=1) == shots  # seeded
-    assert subsample(train, 50)[:25] == subsample(train, 25)  # nested subsets
+    assert pick_shots(train, 6, seed=1, task=TICKETS) == shots  # seeded
+    assert subsample(train, 50, task=TICKETS)[:25] == subsample(train, 25, task=TICKETS)
     example = splits["test"][0]
     messages = build_prompt(example, Approach("k", system_prompt="RULES", shots=2), shots[:2])
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant",
@@ -205,7 +205,7 @@ def test_score_predictions_by_hand():
         "not json at all",
         "",
     ]
-    scores, intervals = score_predictions(outputs, [ref] * 4, n_resamples=200)
+    scores, intervals = score_predictions(outputs, [ref] * 4, TICKETS, n_resamples=200)
     assert scores[PRIMARY] == 0.25  # only the first has every label right
     assert scores["category_accuracy"] == 0.5 and scores["priority_accuracy"] == 0.25
     assert scores["json_validity"] == 0.5 and scores["exact_match"] == 0.25
@@ -262,7 +262,8 @@ def test_controls_rerun_with_new_k_and_temperature(peft_model, splits):
     model, tokenizer = peft_model
     approaches = [Approach("base + prompt + 3-shot", system_prompt="Answer in JSON.", shots=3),
                   Approach("fine-tuned", model="finetuned")]  # fmt: skip
-    controls = ComparisonControls(model, tokenizer, approaches, list(splits["test"])[:3],
+    validation = list(splits["validation"])[:3]
+    controls = ComparisonControls(model, tokenizer, TICKETS, approaches, validation,
                                   list(splits["train"]), max_new_tokens=16)  # fmt: skip
     controls.shots.value, controls.temperature.value, controls.n_examples.value = 1, 0.7, 2
     controls.run_button.click()
@@ -292,8 +293,9 @@ def test_learning_curve_trains_nested_subsets(splits, tmp_path, comparison):
                          runs_dir=str(tmp_path), run_name="curve")  # fmt: skip
     test = list(splits["test"])[:2]
     known = {640: comparison["fine-tuned"]}
-    points = learning_curve([4, 640], config, list(splits["train"]), test, max_new_tokens=24,
-                            known=known, n_resamples=50, progress=None)  # fmt: skip
+    points = learning_curve([4, 640], config, list(splits["train"]), test, TICKETS,
+                            max_new_tokens=24, known=known, n_resamples=50,
+                            progress=None)  # fmt: skip
     assert [p.examples for p in points] == [4, 640]
     assert points[0].run_dir.endswith("curve-4")
     saved = json.loads((tmp_path / "curve-4" / "config.json").read_text())

@@ -70,7 +70,7 @@ def test_series_notebook_follows_the_skeleton(path):
     assert len(tagged) == 1 and tagged[0].source == code[1], "one parameters cell, right after"
     knobs = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)
              for t in node.targets}  # fmt: skip
-    assert knobs == {"MODEL", "MODE"}
+    assert knobs == {"MODEL", "MODE", "DATASET"}
     sections = _headings(notebook)
     numbered = [s for s in sections if re.match(r"\d+\. ", s)]
     assert [int(s.split(".")[0]) for s in numbered] == list(range(1, len(numbered) + 1))

@@ -31,20 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_CI = {"n_resamples": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _evaluate_cache(tmp_path_factory):
-    """evaluate reads HF_HOME once, when first imported: point its caches at a temp folder."""
-    import evaluate.config
-
-    root = tmp_path_factory.mktemp("evaluate")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("HF_MODULES_CACHE", "HF_METRICS_CACHE", "HF_EVALUATE_CACHE"):
-            patch.setattr(evaluate.config, name, root / name.lower())
-        yield
-
-
 @pytest.fixture(scope="module")
-def metric(_evaluate_cache):
+def metric():
     """Load each shipped metric once: metric("exact_match")."""
     loaded = {}
 
@@ -130,7 +118,7 @@ def test_json_validity_hand_computed(metric):
 
 
 def test_json_validity_follows_parse_json(metric):
-    from ftkit.generation import parse_json
+    from ftkit.task import parse_json
 
     for text, valid in JSON_CASES:
         assert (parse_json(text.strip()) is not None) is valid, text

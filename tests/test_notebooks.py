@@ -37,7 +37,8 @@ EXPECTED = {
         "detected as alpaca",  # every shape read back to the same messages
         "10 problem(s)",  # the strict load lists every mistake of the messy file
         "kept + dropped = 24",  # the lenient report accounts for every row
-        "overlaps between the shipped splits: none",
+        "overlaps between the splits: none",
+        "Primary metric: labels_exact",  # the task that came with the data
         "<|im_start|>assistant",  # the chat template, rendered
         "of them train",  # the trained-token count of the preview example, from this run
         "tokens/s",  # the throughput measured here
@@ -57,7 +58,7 @@ EXPECTED = {
     ],
     "03_qlora_training_solutions": ["<b>Correct.</b>"] * 3,
     "04_prompt_vs_finetune": [
-        "of them hand-written",  # the test split described
+        "160 test (as shipped",  # the splits and where they came from
         "[ftkit] reusing",  # notebook 03's fine-tune picked up, in smoke mode as in full
         "bootstrap 95% intervals",  # the comparison table, with intervals
         "The intervals",  # the verdict with this run's numbers
@@ -72,12 +73,33 @@ EXPECTED = {
 }
 
 
-def _check(name: str, executed) -> None:
+# The same series on the shipped free-text task (DATASET = "brand_voice"): what it must show.
+EXPECTED_VOICE = {
+    "01_choosing_a_base_model": ["Paris", "task (text answers)", "replies are close"],
+    "02_formatting_examples": [
+        "Task brand_voice: the answer is free text",
+        "overlaps between the splits: none",
+        "detected as alpaca",
+        "image/png",  # kinds per split, token lengths
+    ],
+    "03_qlora_training": ["Validation loss fell from", "replies are close to their reference"],
+    "04_prompt_vs_finetune": [
+        "Primary metric: rouge_l",
+        "[ftkit] reusing",  # notebook 03's fine-tune of this dataset
+        "The intervals",
+        "Free text: no classes to confuse.",
+        "scores per size",
+        "What prompting did well",
+    ],
+}
+
+
+def _check(name: str, executed, expected: dict = EXPECTED) -> None:
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = _outputs(executed)
-    assert name in EXPECTED, f"say in EXPECTED what {name}.ipynb must show"
-    for marker in EXPECTED[name]:
+    assert name in expected, f"say in EXPECTED what {name}.ipynb must show"
+    for marker in expected[name]:
         assert marker in text, f"{name}.ipynb should show {marker!r}"
     if name.endswith("_solutions"):
         assert text.count("<b>Correct.</b>") == len(EXPECTED[name])
@@ -90,6 +112,14 @@ def test_series_notebook_runs_in_smoke_mode(path, smoke_series):
     """The series as the main job runs it (one `run_series` for all four notebooks)."""
     run = smoke_series.runs[path.name[:2]]
     _check(path.stem, nbformat.read(run.output, as_version=4))
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", series_notebooks(), ids=lambda p: p.stem)
+def test_series_runs_on_the_free_text_dataset(path, voice_series):
+    """DATASET = "brand_voice": every notebook runs on a task with free-text answers."""
+    run = voice_series.runs[path.name[:2]]
+    _check(path.stem, nbformat.read(run.output, as_version=4), EXPECTED_VOICE)
 
 
 @pytest.mark.notebook

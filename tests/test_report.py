@@ -17,10 +17,15 @@ import pytest
 from ftkit.comparison import Comparison
 from ftkit.course.cli import main
 from ftkit.course.report import marked_outputs, notebook_plots, write_report
-from ftkit.course.runner import NotebookFailed, run_notebook
-from ftkit.evaluation import Approach, ApproachResult, Prediction, score_predictions
-from ftkit.generation import parse_json
+from ftkit.course.runner import NotebookFailed, prepare_dataset, run_notebook
+from ftkit.evaluation import Approach, ApproachResult, Prediction
+from ftkit.scoring import score_predictions
+from ftkit.shipped import dataset_dir
 from ftkit.splits import load_dataset_splits
+from ftkit.task import parse_json
+from ftkit.task_data import load_task_data
+
+TICKETS = load_task_data("support_tickets").task  # the shipped ticket task
 
 TINY = [
     ("markdown", "# 99 · A tiny notebook"),
@@ -123,10 +128,11 @@ def test_samples_show_model_output_as_text_never_as_html():
     for name, answers in outputs.items():
         predictions = [_prediction(e, a) for e, a in zip(test, answers, strict=True)]
         scores, intervals = score_predictions(answers, [p.reference for p in predictions],
-                                              n_resamples=10)  # fmt: skip
+                                              TICKETS, n_resamples=10)  # fmt: skip
         approach = Approach(name, model="finetuned" if "fine" in name else "base")
-        results[name] = ApproachResult(approach, predictions, scores, intervals, 10, 5, 0.1, 0.1)
-    page = Comparison(results).samples_html(n=2)
+        results[name] = ApproachResult(approach, predictions, scores, intervals, 10, 5, 0.1, 0.1,
+                                       TICKETS)  # fmt: skip
+    page = Comparison(results, TICKETS).samples_html(n=2)
     assert "<script" not in page and "<img" not in page and "&lt;script&gt;" in page
     assert page.count("3/3 labels right") == 2 and page.count("0/3 labels right") == 2
     assert page.count("<tr>") == 1 + 2 * 2  # head, then per ticket: the ticket and answers
@@ -178,7 +184,8 @@ def test_report_holds_timings_sections_comparison_and_samples(series):
     assert f"<td>{run.cells}</td><td>{run.seconds:.0f}</td>" in page  # the summary table
     for section in run.sections:  # every section with its own time
         assert f"<td>{section.title}</td><td>{section.cells}</td>" in page
-    assert "<figcaption>3. Five approaches, one test split</figcaption>" in page
+    assert "<figcaption>3. Every approach, one test split</figcaption>" in page
+    assert "<h2>The verdict</h2>" in page and "points" in page  # computed from the run
     executed = nbformat.read(run.output, as_version=4)
     (table,) = marked_outputs(executed, "comparison-table")
     (samples,) = marked_outputs(executed, "samples")
@@ -194,3 +201,24 @@ def test_report_can_be_rebuilt_from_the_build_folder(series, tmp_path):
     _, runs, _ = series
     path = write_report(list(runs.values()), tmp_path / "again")
     assert path.name == "report.html" and "bootstrap 95% intervals" in path.read_text()
+
+
+def test_run_with_bad_data_stops_before_anything_runs(tmp_path, capsys):
+    messy = dataset_dir("messy_tickets") / "tickets.jsonl"
+    out = tmp_path / "build"
+    assert main(["run", "--mode", "smoke", "--out", str(out), "--data", str(messy)]) == 2
+    said = capsys.readouterr().err
+    assert "nothing was run or trained" in said and "10 problem(s)" in said
+    assert f"{messy}:17: messages: exact duplicate of {messy}:1" in said  # file:line, every one
+    assert "strict=False" in said and not out.exists()  # no notebook ran, no run, no report
+
+
+def test_lenient_data_is_checked_split_and_handed_to_every_notebook(tmp_path):
+    messy = dataset_dir("messy_tickets") / "tickets.jsonl"
+    lines: list[str] = []
+    folder = prepare_dataset(str(messy), tmp_path, strict=False, log=lines.append)
+    assert folder == str((tmp_path / "data" / "tickets").resolve())
+    again = load_task_data(folder)  # what every notebook's DATASET now loads
+    assert len(again.train) + len(again.validation) + len(again.test) == 14  # 24 rows - 10
+    assert any("dropped" in line and "10 dropped" in line for line in lines)
+    assert prepare_dataset("support_tickets", tmp_path, log=lines.append) == "support_tickets"

@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftkit.evaluation import task_system_prompt
 from ftkit.fast import shared_prefix as sp
 from ftkit.generation import generate_replies
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
+from ftkit.task_data import load_task_data
+
+TICKETS = load_task_data("support_tickets").task  # the shipped ticket task
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_generation_keeps_the_prefix_once_and_reads_it_once(splits, monkeypatch)
     each generated token's attention goes through the shared path; the replies are those of
     the plain batch (fp32), and the model's attention implementation is restored after."""
     model, tokenizer = load_model(dtype="fp32")
-    prompts, system = _prompts(splits, slice(16, 20)), task_system_prompt()
+    prompts, system = _prompts(splits, slice(16, 20)), TICKETS.system_prompt
     caches, calls = [], []
     monkeypatch.setattr(sp, "_PrefixLayer", _recording(sp._PrefixLayer, caches))
     counted = sp.shared_prefix_attention
@@ -93,7 +95,7 @@ def test_other_attention_implementations_get_one_copy_per_row(splits):
     model, tokenizer = load_model(dtype="fp32")
     model.set_attn_implementation("eager")
     try:
-        prompts, system = _prompts(splits, slice(20, 23)), task_system_prompt()
+        prompts, system = _prompts(splits, slice(20, 23)), TICKETS.system_prompt
         ids = tokenizer(system, return_tensors="pt")["input_ids"]
         with sp.shared_prefix(model, ids, 3) as cache:
             assert type(cache.layers[0]) is not sp._PrefixLayer

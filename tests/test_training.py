@@ -20,7 +20,6 @@ from transformers import TrainerCallback
 
 from ftkit.config import TrainConfig, TrainingError
 from ftkit.course.widgets import TrainingMonitor
-from ftkit.evaluation import task_system_prompt
 from ftkit.fast import speed_up_training
 from ftkit.faults import oom_advice
 from ftkit.formatting import collate, tokenize_examples, tokenize_for_training
@@ -28,6 +27,7 @@ from ftkit.generation import generate_replies
 from ftkit.hardware import HardwareInfo, choose_precision
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
+from ftkit.task_data import load_task_data
 from ftkit.trainer import (
     FtkitTrainer,
     LengthGroupedSampler,
@@ -40,6 +40,8 @@ from ftkit.trainer import (
     training_arguments,
 )
 from ftkit.training import add_adapters, load_for_training, train
+
+TICKETS = load_task_data("support_tickets").task  # the shipped ticket task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +110,7 @@ def test_evaluate_and_generate_then_train_still_learns(few, tmp_path, tmp_path_f
     generate_replies(model, tokenizer, ["What is the capital of France?"], max_new_tokens=8)
     # and with the system prompt read once (ftkit.shared_prefix switches attention meanwhile)
     generate_replies(model, tokenizer, ["Where is my refund?", "The app crashes."],
-                     system_prompt=task_system_prompt(), max_new_tokens=4,
+                     system_prompt=TICKETS.system_prompt, max_new_tokens=4,
                      share_prefix=True)  # fmt: skip
     model.generate(**tokenizer(["Hello"], return_tensors="pt"), max_new_tokens=4)  # plain one
     untrained = loss_on(model, tokenizer, train_examples)  # an eval-mode, no-grad pass

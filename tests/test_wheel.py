@@ -64,25 +64,29 @@ def test_the_wheel_carries_every_shipped_dataset(installed):
         import json
         import ftkit
         from ftkit.shipped import dataset_dir, shipped_datasets
-        from ftkit.splits import load_dataset_splits
-        from ftkit.data import load_examples
-        from ftkit.evaluation import task_system_prompt
-        sizes = {}
+        from ftkit.task_data import load_task_data
+        sizes, tasks = {}, {}
         for name in shipped_datasets():
-            folder = dataset_dir(name)
-            if (folder / "train.jsonl").is_file():
-                sizes[name] = {k: len(v) for k, v in load_dataset_splits(name).items()}
-            else:
-                files = sorted(folder.glob("*.jsonl"))
-                sizes[name] = len(load_examples(files[0], strict=False))
-        print(json.dumps({"package": ftkit.__file__, "sizes": sizes,
-                          "prompt": len(task_system_prompt("support_tickets"))}))
+            data = load_task_data(name, strict=False)
+            sizes[name] = {k: len(v) for k, v in data.splits().items()}
+            tasks[name] = [data.task.answer, len(data.task.system_prompt or "")]
+        print(json.dumps({"package": ftkit.__file__, "sizes": sizes, "tasks": tasks,
+                          "from": str(dataset_dir("brand_voice"))}))
         """), cwd=work, env=env)  # fmt: skip
     found = json.loads(out.strip().splitlines()[-1])
     assert str(ROOT) not in found["package"] and "site-packages" in found["package"]
     assert found["sizes"]["support_tickets"] == {"train": 640, "validation": 120, "test": 160}
-    assert found["sizes"]["messy_tickets"] == 14  # the rows a lenient load keeps
-    assert found["prompt"] > 500
+    assert found["sizes"]["brand_voice"] == {"train": 480, "validation": 80, "test": 120}
+    assert sum(found["sizes"]["messy_tickets"].values()) == 14  # the rows a lenient load keeps
+    assert (
+        found["tasks"]["support_tickets"][0] == "json"
+        and found["tasks"]["brand_voice"][0] == "text"
+    )
+    assert (
+        min(prompt for _, prompt in (found["tasks"][n] for n in ("support_tickets", "brand_voice")))
+        > 500
+    )
+    assert "site-packages" in found["from"]
 
 
 def test_a_pip_user_gets_the_notebooks_and_runs_one(installed):

@@ -3,7 +3,9 @@
 A thin layer over the package for people who prefer a terminal (and for the
 README's main job). Every command is a function you can also call from Python:
 `ftkit run` is `ftkit.course.runner.run_series`, which executes the notebooks, prints a
-line per section, and writes the executed copies, their runs and report.html to `--out`;
+line per section, and writes the executed copies, their runs and report.html to `--out`
+(with `--data`, after `prepare_dataset` checked and split your data: bad data stops it
+before any training, exit code 2);
 `ftkit notebooks DEST` is `ftkit.course.notebooks.copy_notebooks`.
 """
 
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 
 from ftkit.course.doctor import doctor
 from ftkit.course.notebooks import copy_notebooks
+from ftkit.task import TaskError
+from ftkit.validation import DataError
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -45,9 +49,19 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # deferred: papermill and nbclient load in seconds, and `ftkit doctor` must not wait
-    from ftkit.course.runner import NotebookFailed, run_series
+    from ftkit.course.runner import NotebookFailed, prepare_dataset, run_series
 
-    parameters = {"MODEL": args.model} if args.model else None
+    parameters = {"MODEL": args.model} if args.model else {}
+    if args.data or args.dataset or args.task:
+        try:
+            parameters["DATASET"] = prepare_dataset(
+                args.data or args.dataset or "support_tickets", args.out,
+                strict=not args.lenient, task=args.task,
+            )  # fmt: skip
+        except (DataError, TaskError, FileNotFoundError, ValueError) as error:
+            print(f"[ftkit] The data cannot be used, so nothing was run or trained.\n{error}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     try:
         run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters)
     except (NotebookFailed, FileNotFoundError) as error:
@@ -78,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="build", help="folder for the executed notebooks, runs/ and report.html"
     )
     run.add_argument("--model", default=None, help="override the notebooks' MODEL knob")
+    data = run.add_mutually_exclusive_group()
+    data.add_argument("--data", help="your data: a .jsonl/.json/.csv/.parquet file, or a folder "
+                      "with train/validation/test files")  # fmt: skip
+    data.add_argument("--dataset", help="a shipped dataset (support_tickets, brand_voice, ...)")
+    run.add_argument("--task", help="a task.json saying what an answer is (else inferred)")
+    run.add_argument("--lenient", action="store_true",
+                     help="drop bad rows (each reported) instead of stopping at them")  # fmt: skip
     run.add_argument("notebooks", nargs="*", help="prefixes such as 01 02 (default: all)")
     run.set_defaults(handler=_run)
     return parser

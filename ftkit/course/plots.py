@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 
 from ftkit.catalog import GPU, get_gpu
 from ftkit.memory import COMPONENTS, FITS_BELOW, MemoryEstimate
+from ftkit.scoring import label_form
+from ftkit.task import Task
 
 # One colour per memory part, the same in every plot: model state in blues, per-step
 # memory in oranges, overhead in grey.
@@ -134,39 +136,49 @@ def plot_token_lengths(
 
 def plot_label_distribution(
     examples_by_split: Mapping[str, Iterable],
-    field: str = "category",
+    field: str | Task = "category",
     share: bool = False,
     ax: Axes | None = None,
 ) -> Figure:
-    """Grouped bars: how many examples of each value of `field` every split holds.
+    """Grouped bars: how many examples of each class every split holds.
 
-    Examples may be `ftkit.data.Example`s (the value read from `.meta`) or JSONL rows (dicts).
-    `share=True` plots each split's fractions instead, so splits of different sizes compare
-    (a stratified split shows bars of equal height).
+    `field` is a record field (read from an Example's `.meta`, or a JSONL row's key), or a
+    `Task`, whose `stratify` says what the class is (`Task.value_of`). `share=True` plots
+    each split's fractions instead, so splits of different sizes compare (a stratified split
+    shows bars of equal height).
     """
+    name = field.stratify if isinstance(field, Task) else field
+    ax = ax if ax is not None else _new_axes(rows=4)
+    if name is None:  # a task with nothing to stratify on: say so rather than fail
+        sizes = ", ".join(f"{split} {len(list(rows))}" for split, rows in examples_by_split.items())
+        ax.text(0.5, 0.5, f"no class to balance splits on ({sizes} examples):\nthe splits are "
+                "random", ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+        ax.set_axis_off()
+        return ax.figure
     counts = {split: _count_field(rows, field) for split, rows in examples_by_split.items()}
     values = sorted({value for per_split in counts.values() for value in per_split})
     if not values:
-        raise ValueError(f"plot_label_distribution: no example has a {field!r} field.")
-    ax = ax if ax is not None else _new_axes(rows=4)
+        raise ValueError(f"plot_label_distribution: no example has a {name!r} value.")
     width = 0.8 / len(counts)
     for k, (split, per_split) in enumerate(counts.items()):
         positions = [i + (k - (len(counts) - 1) / 2) * width for i in range(len(values))]
         total = sum(per_split.values())
         heights = [per_split.get(v, 0) / (total if share else 1) for v in values]
         ax.bar(positions, heights, width, label=f"{split} ({total})")
-    ax.set_xticks(range(len(values)), values, rotation=30, ha="right")
+    ax.set_xticks(range(len(values)), [_short(v) for v in values], rotation=30, ha="right")
     ax.set_ylabel("share of the split" if share else "examples")
-    ax.set_title(f"{field} per split")
+    ax.set_title(f"{name} per split")
     ax.legend(fontsize=8, frameon=False)
     return ax.figure
 
 
-def _count_field(rows: Iterable, field: str) -> Counter:
+def _count_field(rows: Iterable, field: str | Task) -> Counter:
     """How often each value of `field` occurs; examples without it are left out."""
     counts: Counter = Counter()
     for row in rows:
-        if isinstance(row, Mapping):  # a JSONL row
+        if isinstance(field, Task):
+            value = field.value_of(row)
+        elif isinstance(row, Mapping):  # a JSONL row
             value = row.get(field)
         else:  # an Example: the field sits in .meta (or is an attribute)
             value = (getattr(row, "meta", None) or {}).get(field, getattr(row, field, None))
@@ -271,7 +283,7 @@ def plot_approach_scores(comparison, metrics=None, ax: Axes | None = None) -> Fi
     results = list(comparison.results.values())
     if not results:
         raise ValueError("plot_approach_scores: the comparison holds no approach.")
-    metrics = list(metrics or [comparison.primary, "json_validity"])
+    metrics = list(metrics or comparison.task.headline_metrics()[:2])
     ax = _axes(ax, (8, 1.5 + 0.45 * len(results) * len(metrics)))
     height = 0.8 / len(metrics)
     shades = ["#1f4e79", "#6baed6", "#e6550d", "#fdae6b", "#31a354", "#a1d99b"]
@@ -288,7 +300,7 @@ def plot_approach_scores(comparison, metrics=None, ax: Axes | None = None) -> Fi
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(results))], [r.name for r in results])
     ax.invert_yaxis()
     ax.set_xlim(0, 112)
-    ax.set_xlabel("points (% of test examples), bars: bootstrap 95% interval")
+    ax.set_xlabel("points (x 100), bars: bootstrap 95% interval")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(f"{comparison.settings.get('examples', '?')} test examples")
     return ax.figure
@@ -320,16 +332,14 @@ def plot_quality_vs_cost(
     return ax.figure
 
 
-def plot_confusion(result, field: str = "category", ax: Axes | None = None) -> Figure:
-    """Confusion matrix of one label field: reference rows, answered columns (invalid JSON,
-    or a value outside the reference labels, gets its own column).
-    """
+def plot_confusion(result, field: str | None = None, ax: Axes | None = None) -> Figure:
+    """Confusion matrix of a class: reference rows, answered columns (invalid JSON, or a value
+    outside the reference labels, gets its own column).
 
-    pairs = []
-    for prediction in result.predictions:
-        truth = prediction.expected(field)
-        answer = prediction.parsed.get(field) if prediction.parsed else None
-        pairs.append((truth, "<invalid>" if answer is None else str(answer)))
+    The class is `field` of a JSON answer (default: the task's stratify field, else its first
+    label field), or the answer itself for a label task; a free-text task has none.
+    """
+    pairs, name = _class_pairs(result, field)
     labels = sorted({truth for truth, _ in pairs})
     extra = sorted({answer for _, answer in pairs} - set(labels))
     columns = labels + extra
@@ -343,13 +353,52 @@ def plot_confusion(result, field: str = "category", ax: Axes | None = None) -> F
             dark = value > counts.max() / 2
             ax.text(column, row, str(value), ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")  # fmt: skip
-    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel(f"answered {field}")
-    ax.set_ylabel(f"reference {field}")
+    ax.set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=35, ha="right",
+                  fontsize=8)  # fmt: skip
+    ax.set_yticks(range(len(labels)), [_short(c) for c in labels], fontsize=8)
+    ax.set_xlabel(f"answered {name}")
+    ax.set_ylabel(f"reference {name}")
     right = int(np.trace(counts[:, : len(labels)]))
-    ax.set_title(f"{result.name}: {right}/{len(pairs)} {field} right")
+    ax.set_title(f"{result.name}: {right}/{len(pairs)} {name} right")
     return ax.figure
+
+
+def plot_best_confusions(comparison) -> Figure | None:
+    """The confusion matrices of the best prompting and the best fine-tuned approach, side
+    by side; None for a free-text task (it has no classes)."""
+    if comparison.task.answer == "text":
+        return None
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(15, 4.8), layout="constrained")
+    plot_confusion(comparison.best_prompting, ax=axes[0])
+    plot_confusion(comparison.best_finetuned, ax=axes[1])
+    plt.close(figure)
+    return figure
+
+
+def _class_pairs(result, field: str | None) -> tuple[list[tuple[str, str]], str]:
+    """(reference class, answered class) per prediction, and what the class is called."""
+    task = result.task
+    if task.answer == "label":
+        return [(label_form(p.reference), label_form(p.output)) for p in result.predictions], (
+            "label")  # fmt: skip
+    if task.answer == "text":
+        raise ValueError("plot_confusion: a free-text task has no classes to confuse.")
+    field = field or (task.stratify if task.stratify in task.label_fields else None)
+    field = field or next(iter(task.label_fields), None)
+    if field is None:
+        raise ValueError("plot_confusion: this task's JSON answers have no label field.")
+    pairs = []
+    for prediction in result.predictions:
+        answer = prediction.parsed.get(field) if prediction.parsed else None
+        pairs.append((prediction.expected(field), "<invalid>" if answer is None else str(answer)))
+    return pairs, field
+
+
+def _short(label: str, width: int = 24) -> str:
+    """A tick label cut to `width` characters, so long answers do not push the plot away."""
+    return label if len(label) <= width else label[: width - 1] + "…"
 
 
 def plot_learning_curve(points, reference=None, ax: Axes | None = None) -> Figure:

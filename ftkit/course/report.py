@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from ftkit.hardware import detect_hardware
 # Marker (the "ftkit" key of an output's metadata) -> heading of its part of the report.
 MARKERS = {
     "comparison-table": "Prompt engineering versus fine-tuning",
+    "verdict": "The verdict",
     "samples": "Sample answers side by side",
 }
 
@@ -53,16 +55,34 @@ figcaption { color: #555; font-size: 90%; }
 
 
 def marked_outputs(notebook, marker: str) -> list[str]:
-    """The `text/html` of every output a notebook displayed with metadata {"ftkit": marker}.
+    """The HTML of every output a notebook displayed with metadata {"ftkit": marker}: its
+    `text/html` as it is (ftkit made it, model output escaped), or its `text/markdown`
+    escaped, with **bold** and `code` kept.
 
-    notebooks/04_prompt_vs_finetune.ipynb marks its comparison table and sample answers.
+    Notebook 04 marks its comparison table, its verdict and its sample answers.
     """
     found = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
-            if output.get("metadata", {}).get("ftkit") == marker:
-                found.append(output.get("data", {}).get("text/html", ""))
-    return [h if isinstance(h, str) else "".join(h) for h in found if h]
+            if output.get("metadata", {}).get("ftkit") != marker:
+                continue
+            data = output.get("data", {})
+            if data.get("text/html"):
+                found.append(_text(data["text/html"]))
+            elif data.get("text/markdown"):
+                found.append(f"<p>{_inline_markdown(_text(data['text/markdown']))}</p>")
+    return found
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _inline_markdown(text: str) -> str:
+    """Escaped text with Markdown's **bold** and `code` as HTML (nothing else is rendered)."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
 
 
 def notebook_plots(notebook) -> list[tuple[str, str]]:

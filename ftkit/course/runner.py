@@ -33,6 +33,8 @@ from ftkit.course.notebooks import (
 )
 from ftkit.course.report import write_report
 from ftkit.runs import SMOKE_RUNS_ENV
+from ftkit.shipped import shipped_datasets
+from ftkit.task_data import load_task_data
 
 MODES = ("full", "smoke")
 
@@ -197,6 +199,32 @@ def run_series(
     log(summary_table(runs))
     log(f"[ftkit] report: {report}")
     return runs
+
+
+def prepare_dataset(
+    dataset: str,
+    out_dir: str | os.PathLike,
+    strict: bool = True,
+    task: str | None = None,
+    log: Callable[[str], None] = _say,
+) -> str:
+    """Check and split a dataset before any notebook runs; return the DATASET to give them.
+
+    A shipped name with no other task is given as it is. Anything else (your file or folder,
+    or another task) is loaded by `ftkit.task_data.load_task_data`, which raises on bad data
+    (every problem, file:line) unless `strict=False` (then each dropped row is reported), and
+    saved to `out_dir/data/<name>/`: every notebook then reads the same splits and task.
+    """
+    data = load_task_data(dataset, strict=strict, task=task)
+    log(f"[ftkit] data: {data.summary()}")
+    for report in data.reports:
+        if report.dropped or report.warnings:
+            log(report.summary())
+    if str(dataset) in shipped_datasets() and task is None:
+        return str(dataset)
+    folder = data.save(Path(out_dir) / "data" / data.name)
+    log(f"[ftkit] the notebooks read the checked splits in {folder}")
+    return str(folder.resolve())
 
 
 def summary_table(runs: Sequence[NotebookRun]) -> str:

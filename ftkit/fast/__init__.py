@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ftkit.fast.common import cache_name
 from ftkit.fast.cpu_memory import HeapRelease, cap_onednn_kernels, return_freed_memory
 from ftkit.fast.generation_4bit import contiguous_logits_input, fast_4bit_generation
 from ftkit.fast.lean_4bit import use_lean_4bit
@@ -86,17 +87,18 @@ def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> Train
 @contextmanager
 def fast_generation(
     model: torch.nn.Module, prefix_ids: torch.Tensor | None = None, batch: int = 1
-) -> Iterator[object]:
-    """Generate faster inside this block; yields the shared prefix's KV cache (or None).
+) -> Iterator[dict]:
+    """Generate faster inside this block; yields the keyword arguments to add to `generate`
+    (the shared prefix's KV cache, under the name this transformers uses, or nothing).
 
     What changes: 4-bit weights served by bitsandbytes' AVX512-BF16 kernel or dequantised
     once (1.5x at one prompt, 1.3x at eight, benchmarks/generation_4bit.py), the output
     layer given a contiguous input (1.7x on CPU), and `prefix_ids` (shape (1, length): the
     tokens all `batch` prompts start with) kept once in the cache and read once per token
     (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits (tests/test_models.py,
-    test_evaluation.py, test_shared_prefix.py). Pass the yielded cache to `generate` as
-    `past_key_values`. Blocks nest: an outer one around many batches prepares the 4-bit
-    weights once. On leaving, the model is exactly as trainable as before.
+    test_evaluation.py, test_shared_prefix.py). Blocks nest: an outer one around many
+    batches prepares the 4-bit weights once. On leaving, the model is exactly as trainable
+    as before.
     """
     if prefix_ids is None:
         prefix_ids = torch.empty((1, 0), dtype=torch.long)
@@ -105,4 +107,4 @@ def fast_generation(
         contiguous_logits_input(model),
         keep_prefix_once(model, prefix_ids, batch) as cache,
     ):
-        yield cache
+        yield {} if cache is None else {cache_name(): cache}

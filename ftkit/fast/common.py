@@ -7,7 +7,10 @@ computes what the library would; these are the tests and preludes they agree on.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 
 def trains_with_grad(module: torch.nn.Module) -> bool:
@@ -38,3 +41,12 @@ def product_inputs(layer: torch.nn.Module, x: torch.Tensor):
             bias.data = bias.data.to(x.dtype)
         bias = bias.to(layer.compute_dtype)
     return x, bias, inp_dtype
+
+
+@functools.cache
+def cache_name() -> str:
+    """What transformers calls the KV cache in `generate`'s arguments and in model outputs:
+    "cache" from 5.24 on (where "past_key_values" is a deprecated alias that warns), else
+    "past_key_values"."""
+    fields = getattr(BaseModelOutputWithPast, "__dataclass_fields__", {})
+    return "cache" if "cache" in fields else "past_key_values"

@@ -35,7 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ftkit.fast.common import base_model
+from ftkit.fast.common import base_model, cache_name
 from ftkit.fast.lean_layers import SHORT_ATTENTION, plain_products_apply
 
 PREFIX_ATTENTION = "ftkit_prefix"  # the attention implementation's registered name
@@ -69,7 +69,8 @@ class _PrefixLayer(DynamicLayer):
 @contextmanager
 def shared_prefix(model, prefix_ids: torch.Tensor, batch: int) -> Iterator[DynamicCache | None]:
     """Yield the KV cache of `prefix_ids` (shape (1, length)) for `batch` rows that all
-    start with it: pass it to `generate` as `past_key_values` inside this block.
+    start with it: pass it to `generate` (as `cache`, or `past_key_values` before
+    transformers 5.24: `ftkit.fast.common.cache_name`) inside this block.
 
     Where `prefix_attention` can serve the model, the prefix is kept once and attention
     reads it once per step (`shared_prefix_attention`); elsewhere (other attention
@@ -79,7 +80,7 @@ def shared_prefix(model, prefix_ids: torch.Tensor, batch: int) -> Iterator[Dynam
     if prefix_ids.shape[-1] == 0:
         yield None
         return
-    cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+    cache = model(input_ids=prefix_ids, use_cache=True)[cache_name()]
     if not (_on_sdpa(model) and all(type(layer) is DynamicLayer for layer in cache.layers)):
         cache.batch_repeat_interleave(batch)
         yield cache

@@ -11,6 +11,7 @@ over: `load_metric("exact_match")` is `evaluate.load(metric_path("exact_match"))
     field_accuracy  per JSON field: the reply's value equals the reference's
     macro_f1        classification: F1 per reference label, averaged
     rouge_l         overlap of the longest common word subsequence, for free text
+    chrf            character n-gram F-score (sacreBLEU's), for free text
 
 **Every score comes with a 95% confidence interval.** Twenty test examples cannot tell 80% from
 90%; the interval says so. `bootstrap_ci` resamples the examples with replacement (same size as
@@ -42,12 +43,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ftkit.generation import parse_json
+from ftkit.task import parse_json
 
 if TYPE_CHECKING:
     import evaluate
 
-METRICS: tuple[str, ...] = ("exact_match", "json_validity", "field_accuracy", "macro_f1", "rouge_l")
+METRICS: tuple[str, ...] = (
+    "exact_match", "json_validity", "field_accuracy", "macro_f1", "rouge_l", "chrf",
+)  # fmt: skip
 
 BOOTSTRAP_KWARGS: tuple[str, ...] = ("n_resamples", "confidence_level", "seed")
 
@@ -58,6 +61,7 @@ COMPUTE_KWARGS: dict[str, tuple[str, ...]] = {
     "field_accuracy": ("fields",),
     "macro_f1": ("field",),
     "rouge_l": ("field",),
+    "chrf": ("field",),
 }
 
 
@@ -181,6 +185,29 @@ def mean_with_ci(
     return score_with_ci(
         lambda idx: values[idx].mean(), len(values), key, n_resamples, confidence_level, seed
     )
+
+
+def mean_text_score(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    score: Callable[[str, str], float],
+    key: str,
+    field: str | None = None,
+    n_resamples: int = 1000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The mean of `score(prediction, reference)` over examples, with its interval: free-text
+    metrics (rouge_l, chrf). With `field`, each text is that field of a JSON object; a
+    prediction that is not one, or lacks the field, counts as empty.
+
+    Used by the metric modules in ftkit/metrics/*/.
+    """
+    if field is not None:
+        predictions = field_values(predictions, field, missing="")
+        references = field_values(references, field)
+    scores = [score(p, r) for p, r in zip(predictions, references, strict=True)]
+    return mean_with_ci(scores, key, n_resamples, confidence_level, seed)
 
 
 def field_values(texts: Sequence[str], field: str, missing: str | None = None) -> list[str]:

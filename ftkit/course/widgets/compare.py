@@ -1,10 +1,16 @@
 """The widgets of notebook 04: a side-by-side comparator of every approach, a browser of
-wrong answers, and controls that re-run the comparison with another k or temperature."""
+wrong answers, and controls that re-run the comparison with another k or temperature.
+
+All three read the comparison's `Task`: a JSON answer is shown field by field (label fields
+green when right, red when wrong), a label answer green or red, a free-text answer with its
+ROUGE-L against the reference.
+"""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+import json
+from collections import Counter
 
 import ipywidgets as w
 
@@ -12,58 +18,88 @@ from ftkit.comparison import compare, with_settings
 from ftkit.course.plots import plot_approach_scores
 from ftkit.course.widgets.picker import show_figure
 from ftkit.data import Example
-from ftkit.evaluation import LABEL_FIELDS, adapter_for, build_prompt, pick_shots
-from ftkit.generation import generate_replies, parse_json
+from ftkit.evaluation import adapter_for, build_prompt, pick_shots
+from ftkit.generation import generate_replies
+from ftkit.scoring import SIMILAR, label_form, similarities
+from ftkit.task import Task, answer_of, parse_json
 
 _RIGHT, _WRONG, _UNKNOWN = "#e6f4ea", "#fde2e1", "#f2f2f2"
 
 
-def answer_html(text: str, expected: dict | None, fields: Iterable[str]) -> str:
-    """An answer with each label field coloured: green if it equals `expected`, red if not.
+def answer_html(text: str, task: Task, reference: str | dict | None = None) -> str:
+    """An answer as escaped HTML, coloured against `reference` as the task says.
 
-    Invalid JSON is shown whole on red.
+    json: each label field green if it equals the reference's (a dict or a JSON text), red
+    if not, invalid JSON whole on red; label: green or red; text: the ROUGE-L against the
+    reference beside it. Without a reference nothing is coloured.
     """
+    shown = html.escape(text) if text.strip() else "<i>(empty)</i>"
+    if task.answer == "label":
+        if reference is None:
+            return shown
+        right = label_form(text) == label_form(str(reference))
+        return f"<span style='background:{_RIGHT if right else _WRONG}'>{shown}</span>"
+    if task.answer == "text":
+        if reference is None:
+            return f"<span style='white-space:pre-wrap'>{shown}</span>"
+        score = similarities([text], [str(reference)])[0]
+        colour = _RIGHT if score >= SIMILAR else _WRONG
+        return (f"<span style='white-space:pre-wrap;background:{colour}'>{shown}</span> "
+                f"<small>(ROUGE-L {score:.2f})</small>")  # fmt: skip
+    return _json_html(text, task, reference)
 
+
+def _json_html(text: str, task: Task, reference: str | dict | None) -> str:
     parsed = parse_json(text)
     if parsed is None:
         shown = html.escape(text) if text.strip() else "<i>(empty)</i>"
         return f"<span style='background:{_WRONG}'>{shown}</span> <small>(not JSON)</small>"
+    expected = parse_json(reference) if isinstance(reference, str) else reference
     parts = []
     for key, value in parsed.items():
         colour = _UNKNOWN
-        if expected is not None and key in fields:
+        if expected is not None and key in task.label_fields:
             colour = _RIGHT if str(value) == str(expected.get(key)) else _WRONG
         parts.append(f"<span style='background:{colour}'><b>{html.escape(str(key))}</b>: "
                      f"{html.escape(str(value))}</span>")  # fmt: skip
     return " · ".join(parts)
 
 
-class Comparator(w.VBox):
-    """Side by side: pick a test ticket (or type your own), click Compare, and read every
-    approach's answer next to the reference, right fields green, wrong ones red.
+def consensus(answers: list[str], task: Task) -> str | dict | None:
+    """What most answers say, to colour answers to a question that has no reference: per
+    label field (json), or the commonest label; None for free text."""
+    if task.answer == "label":
+        return Counter(label_form(a) for a in answers).most_common(1)[0][0]
+    if task.answer == "text":
+        return None
+    votes = {f: Counter(str((parse_json(a) or {}).get(f)) for a in answers)
+             for f in task.label_fields}  # fmt: skip
+    return {f: votes[f].most_common(1)[0][0] for f in task.label_fields}
 
-    For a typed ticket there is no reference; fields are then compared with the answer most
-    approaches gave. Controls: `picker`, `text`, `compare_button`; answers land in
-    `answers` (an HTML widget) and `last` (approach name -> answer text).
+
+class Comparator(w.VBox):
+    """Side by side: pick a test example (or type your own question), click Compare, and read
+    every approach's answer next to the reference, coloured as the task says.
+
+    For a typed question there is no reference; answers are then compared with what most
+    approaches said. Controls: `picker`, `text`, `compare_button`; answers land in `answers`
+    (an HTML widget) and `last` (approach name -> answer text).
     """
 
     def __init__(self, model, tokenizer, comparison, examples, shot_pool=(),
-                 max_new_tokens: int = 64) -> None:  # fmt: skip
-
+                 max_new_tokens: int | None = None) -> None:  # fmt: skip
         self.model, self.tokenizer, self.comparison = model, tokenizer, comparison
+        self.task = comparison.task
         self.examples, self.shot_pool = list(examples), list(shot_pool)
-        self.max_new_tokens = max_new_tokens
-        self.fields = LABEL_FIELDS
+        self.max_new_tokens = max_new_tokens or comparison.settings.get("max_new_tokens", 64)
         self.last: dict[str, str] = {}
-        options = [(f"{i + 1}. {_first_words(e.messages[-2]['content'])}", i)
+        options = [(f"{i + 1}. {_first_words(_asked(e))}", i)
                    for i, e in enumerate(self.examples)]  # fmt: skip
-        self.picker = w.Dropdown(
-            options=options,
-            value=0 if options else None,
-            description="test ticket",
-            layout=w.Layout(width="95%"),
-        )
-        self.text = w.Textarea(description="ticket", layout=w.Layout(width="95%", height="90px"))
+        self.picker = w.Dropdown(options=options, value=0 if options else None,
+                                 description="test example",
+                                 layout=w.Layout(width="95%"))  # fmt: skip
+        self.text = w.Textarea(description="question",
+                               layout=w.Layout(width="95%", height="90px"))  # fmt: skip
         self.compare_button = w.Button(description="Compare", button_style="primary",
                                        icon="play")  # fmt: skip
         self.status = w.HTML()
@@ -82,69 +118,71 @@ class Comparator(w.VBox):
 
     def _fill(self, index) -> None:
         if index is not None:
-            self.text.value = self.examples[index].messages[-2]["content"]
+            self.text.value = _asked(self.examples[index])
 
-    def _reference(self) -> dict | None:
-        for example in self.examples:
-            if example.messages[-2]["content"].strip() == self.text.value.strip():
-                return parse_json(example.messages[-1]["content"])
-        return None
+    def _picked(self) -> Example | None:
+        """The test example whose question is in the text box (None for a typed question)."""
+        asked = self.text.value.strip()
+        return next((e for e in self.examples if _asked(e).strip() == asked), None)
 
     def run(self) -> dict[str, str]:
-        """Ask every approach about the ticket in `text`; show and return the answers."""
-        from collections import Counter
-
-        ticket = self.text.value.strip()
-        if not ticket:
-            self.answers.value = "<i>Type a ticket or pick one first.</i>"
+        """Ask every approach the question in `text`; show and return the answers."""
+        question = self.text.value.strip()
+        if not question:
+            self.answers.value = "<i>Type a question or pick one first.</i>"
             return {}
         self.status.value = "asking every approach..."
-        question = Example([{"role": "user", "content": ticket}, {"role": "assistant",
-                                                                  "content": ""}])  # fmt: skip
+        picked = self._picked()
+        example = picked or Example([{"role": "user", "content": question},
+                                     {"role": "assistant", "content": ""}])  # fmt: skip
         answers, seconds = {}, {}
         for result in self.comparison.results.values():
             approach = result.approach
-            shots = pick_shots(self.shot_pool, approach.shots, self.comparison.settings.get(
-                "seed", 0))  # fmt: skip
-            prompt = build_prompt(question, approach, shots)
+            shots = pick_shots(self.shot_pool, approach.shots,
+                               self.comparison.settings.get("seed", 0), self.task)  # fmt: skip
             with adapter_for(self.model, approach):
                 [reply] = generate_replies(  # cut as the comparison cut it: the same answer
-                    self.model,
-                    self.tokenizer,
-                    [prompt],
+                    self.model, self.tokenizer, [build_prompt(example, approach, shots)],
                     max_new_tokens=self.max_new_tokens,
-                    give_up_after=self.comparison.settings.get("give_up_after"),
-                )
+                    give_up_after=self.comparison.settings.get("give_up_after")
+                    if self.task.answer == "json" else None,
+                )  # fmt: skip
             answers[approach.name], seconds[approach.name] = reply.text, reply.seconds
-        reference = self._reference()
-        expected, basis = reference, "the reference"
-        if reference is None:
-            votes = {f: Counter(str((parse_json(a) or {}).get(f)) for a in answers.values())
-                     for f in self.fields}  # fmt: skip
-            expected = {f: votes[f].most_common(1)[0][0] for f in self.fields}
-            basis = "the answer most approaches gave (a typed ticket has no reference)"
-        rows = []
-        if reference is not None:
-            shown = answer_html(json_text(reference), None, ())
-            rows.append(f"<tr><td><b>reference</b></td><td>{shown}</td><td></td></tr>")
-        for name, text in answers.items():
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>"
-                        f"{answer_html(text, expected, self.fields)}</td>"
-                        f"<td>{1000 * seconds[name]:.0f} ms</td></tr>")  # fmt: skip
-        self.answers.value = (
-            "<table><tr><th>approach</th><th>answer</th><th>time</th></tr>" + "".join(rows)
-            + f"</table><small>Green: same as {basis}; red: different.</small>"
-        )  # fmt: skip
-        self.status.value = f"{len(answers)} answers"
+        self._show(answers, seconds, answer_of(picked) if picked else None)
         self.last = answers
         return answers
 
+    def _show(self, answers: dict, seconds: dict, reference: str | None) -> None:
+        expected = reference if reference is not None else consensus(list(answers.values()),
+                                                                     self.task)  # fmt: skip
+        basis = "the reference" if reference is not None else (
+            "the answer most approaches gave (a typed question has no reference)")  # fmt: skip
+        rows = []
+        if reference is not None:
+            shown = answer_html(reference, self.task)
+            rows.append(f"<tr><td><b>reference</b></td><td>{shown}</td><td></td></tr>")
+        for name, text in answers.items():
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>"
+                        f"{answer_html(text, self.task, expected)}</td>"
+                        f"<td>{1000 * seconds[name]:.0f} ms</td></tr>")  # fmt: skip
+        legend = f"Green: same as {basis}; red: different."
+        if expected is None:
+            legend = "A typed question has no reference: read the answers side by side."
+        self.answers.value = (
+            "<table><tr><th>approach</th><th>answer</th><th>time</th></tr>" + "".join(rows)
+            + f"</table><small>{legend}</small>"
+        )  # fmt: skip
+        self.status.value = f"{len(answers)} answers"
+
 
 def json_text(value: dict) -> str:
-    """A dict as the one-line JSON the task asks for."""
-    import json
-
+    """A dict as the one-line JSON a json task asks for."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def _asked(example) -> str:
+    """The question of an example: its last user message."""
+    return next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
 
 
 def _first_words(text: str, width: int = 70) -> str:
@@ -153,35 +191,52 @@ def _first_words(text: str, width: int = 70) -> str:
 
 
 class ErrorBrowser(w.VBox):
-    """Browse wrong answers: choose an approach, a field (or invalid JSON) and a reference
-    label; read each ticket with its reference and the answer, fields coloured.
+    """Browse wrong answers: choose an approach, what is wrong (a label field or invalid JSON;
+    a wrong label; a free-text answer far from its reference) and a reference class; read
+    each question with its reference and the answer, coloured.
 
-    Controls: `approach`, `field`, `label`; the list is in `listing`, the count in `count`.
+    Controls: `approach`, `field`, `label` (the reference class), `below` (free text: the
+    ROUGE-L under which an answer is listed); the list is in `listing`, the count in `count`.
     """
 
     def __init__(self, comparison, limit: int = 20) -> None:
-        self.comparison, self.limit, self.fields = comparison, limit, LABEL_FIELDS
+        self.comparison, self.limit, self.task = comparison, limit, comparison.task
         names = list(comparison.results)
         self.approach = w.Dropdown(options=names, value=names[-1], description="approach")
-        self.field = w.Dropdown(options=[("any label", "any"), *[(f, f) for f in LABEL_FIELDS],
-                                         ("invalid JSON", "invalid")],
-                                value="any", description="wrong in")  # fmt: skip
+        self.field = w.Dropdown(options=_wrong_in(self.task), description="wrong in")
         self.label = w.Dropdown(description="reference")
+        self.below = w.FloatSlider(value=SIMILAR, min=0.0, max=1.0, step=0.05,
+                                   description="ROUGE-L below")  # fmt: skip
         self.count, self.listing = w.HTML(), w.HTML()
         for control in (self.approach, self.field):
             control.observe(lambda _: self._update_labels(), names="value")
-        self.label.observe(lambda _: self.show(), names="value")
-        super().__init__([w.HBox([self.approach, self.field, self.label]), self.count,
-                          self.listing])  # fmt: skip
+        for control in (self.label, self.below):
+            control.observe(lambda _: self.show(), names="value")
+        filters = [self.approach, self.field] + (
+            [self.below] if self.task.answer == "text" else [self.label])  # fmt: skip
+        super().__init__([w.HBox(filters), self.count, self.listing])
         self._update_labels()
 
+    def _class_field(self) -> str | None:
+        """The JSON field whose reference values the `label` control lists."""
+        if self.field.value in self.task.label_fields:
+            return self.field.value
+        return self.task.stratify if self.task.stratify in self.task.label_fields else (
+            next(iter(self.task.label_fields), None))  # fmt: skip
+
+    def _class_of(self, prediction) -> str:
+        if self.task.answer == "label":
+            return label_form(prediction.reference)
+        return prediction.expected(self._class_field())
+
     def _update_labels(self) -> None:
-        field = self.field.value if self.field.value in self.fields else "category"
-        values = sorted({p.expected(field)
-                         for p in self.comparison[self.approach.value].predictions})  # fmt: skip
-        self.label.description = f"reference {field}"
-        self.label.options = [("all", "all"), *[(v, v) for v in values]]
-        self.label.value = "all"
+        if self.task.answer != "text":
+            values = sorted(
+                {self._class_of(p) for p in self.comparison[self.approach.value].predictions}
+            )
+            self.label.description = f"reference {self._class_field() or 'label'}"
+            self.label.options = [("all", "all"), *[(v, v) for v in values]]
+            self.label.value = "all"
         self.show()
 
     def matching(self) -> list:
@@ -189,14 +244,12 @@ class ErrorBrowser(w.VBox):
         result = self.comparison[self.approach.value]
         if self.field.value == "invalid":
             chosen = [p for p in result.predictions if p.parsed is None]
+        elif self.task.answer == "text":
+            chosen = [p for p in result.predictions if (p.similarity or 0.0) < self.below.value]
         else:
             chosen = result.wrong(None if self.field.value == "any" else self.field.value)
-        if self.label.value not in (None, "all"):
-            field = self.field.value if self.field.value in self.fields else "category"
-            chosen = [
-                p for p in chosen
-                if p.expected(field) == self.label.value
-            ]  # fmt: skip
+        if self.task.answer != "text" and self.label.value not in (None, "all"):
+            chosen = [p for p in chosen if self._class_of(p) == self.label.value]
         return chosen
 
     def show(self) -> None:
@@ -206,27 +259,36 @@ class ErrorBrowser(w.VBox):
         self.count.value = (f"<b>{len(chosen)}</b> of {total} answers match"
                             + (f"; showing the first {self.limit}" if len(chosen) > self.limit
                                else ""))  # fmt: skip
-        items = []
-        for p in chosen[: self.limit]:
-            expected = parse_json(p.reference)
-            items.append(
-                f"<li><b>{html.escape(p.id)}</b>: {html.escape(_first_words(p.question, 300))}"
-                f"<br>reference: {answer_html(p.reference, None, ())}"
-                f"<br>answer: {answer_html(p.output, expected, self.fields)}</li>"
-            )
+        items = [
+            f"<li><b>{html.escape(p.id)}</b>: {html.escape(_first_words(p.question, 300))}"
+            f"<br>reference: {answer_html(p.reference, self.task)}"
+            f"<br>answer: {answer_html(p.output, self.task, p.reference)}</li>"
+            for p in chosen[: self.limit]
+        ]
         self.listing.value = "<ol>" + "".join(items) + "</ol>" if items else "<i>none</i>"
+
+
+def _wrong_in(task: Task) -> list[tuple[str, str]]:
+    """The `wrong in` choices of the error browser for a task."""
+    if task.answer == "json":
+        return [("any label", "any"), *[(f, f) for f in task.label_fields],
+                ("invalid JSON", "invalid")]  # fmt: skip
+    if task.answer == "label":
+        return [("the label", "any")]
+    return [("the whole reply", "any")]
 
 
 class ComparisonControls(w.VBox):
     """Change k (solved examples in the few-shot prompt) and the temperature, click Re-run:
-    every approach is evaluated again on the first `examples` test tickets; the table and
-    the score plot update. The new `Comparison` is in `comparison`.
+    every approach is evaluated again on the first `examples` (a validation split: choices
+    are made on validation, the test split is scored once); the table and the score plot
+    update. The new `Comparison` is in `comparison`.
     """
 
-    def __init__(self, model, tokenizer, approaches, examples, shot_pool, n_examples: int = 24,
-                 shots: int = 3, temperature: float = 0.0, max_new_tokens: int = 64,
-                 n_resamples: int = 200) -> None:  # fmt: skip
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, task: Task, approaches, examples, shot_pool,
+                 n_examples: int = 24, shots: int = 3, temperature: float = 0.0,
+                 max_new_tokens: int | None = None, n_resamples: int = 200) -> None:  # fmt: skip
+        self.model, self.tokenizer, self.task = model, tokenizer, task
         self.approaches, self.examples, self.shot_pool = list(approaches), examples, shot_pool
         self.max_new_tokens, self.n_resamples = max_new_tokens, n_resamples
         self.comparison = None
@@ -234,7 +296,7 @@ class ComparisonControls(w.VBox):
         self.temperature = w.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.1,
                                          description="temperature")  # fmt: skip
         self.n_examples = w.IntSlider(value=min(n_examples, len(examples)), min=1,
-                                      max=len(examples), description="test tickets")  # fmt: skip
+                                      max=len(examples), description="examples")  # fmt: skip
         self.run_button = w.Button(description="Re-run", button_style="primary", icon="refresh")
         self.status, self.table = w.HTML(), w.HTML()
         self.plot_output = w.Output()
@@ -250,7 +312,7 @@ class ComparisonControls(w.VBox):
             approaches = with_settings(self.approaches, self.shots.value)
             examples = list(self.examples)[: self.n_examples.value]
             self.comparison = compare(
-                self.model, self.tokenizer, examples, approaches, self.shot_pool,
+                self.model, self.tokenizer, examples, approaches, self.task, self.shot_pool,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature.value,
                 latency_sample=2, n_resamples=self.n_resamples,
                 progress=lambda line: setattr(self.status, "value", html.escape(line)),
@@ -260,7 +322,7 @@ class ComparisonControls(w.VBox):
             show_figure(self.plot_output, plot_approach_scores(self.comparison), "scores")
             self.status.value = (
                 f"done: k={self.shots.value}, temperature={self.temperature.value:.1f}, "
-                f"{len(examples)} tickets"
+                f"{len(examples)} examples"
             )
         finally:
             self.run_button.disabled = False

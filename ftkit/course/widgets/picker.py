@@ -195,10 +195,23 @@ def model_picker(
     return ModelPicker(cards, list_models() if models is None else models)
 
 
-def replies_table(prompts: list[str], columns: dict[str, list]) -> HTML:
+def _prompt_text(prompt) -> str:
+    """A prompt as the table shows it: a question, or a conversation's last user message
+    (with the length of its system prompt, if it has one)."""
+    if isinstance(prompt, str):
+        return prompt
+    question = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+    system = next((m["content"] for m in prompt if m["role"] == "system"), "")
+    return question + (
+        f"\n(after a system prompt of {len(system.split())} words)" if system else ""
+    )
+
+
+def replies_table(prompts: list, columns: dict[str, list]) -> HTML:
     """Show several models' replies to the same prompts side by side, with timings.
 
-    `columns` maps a label (e.g. "16-bit") to the `Reply` list `generate_replies` returned.
+    `prompts` are questions or conversations (lists of messages); `columns` maps a label
+    (e.g. "16-bit") to the `Reply` list `generate_replies` returned.
     """
     head = "".join(f"<th>{html.escape(label)}</th>" for label in columns)
     rows, top = [], "style='vertical-align:top'"
@@ -209,5 +222,6 @@ def replies_table(prompts: list[str], columns: dict[str, list]) -> HTML:
             f"{replies[i].seconds:.1f} s</small></td>"
             for replies in columns.values()
         )
-        rows.append(f"<tr><td {top}><b>{html.escape(prompt)}</b></td>{cells}</tr>")
+        shown = html.escape(_prompt_text(prompt)).replace("\n", "<br>")
+        rows.append(f"<tr><td {top}><b>{shown}</b></td>{cells}</tr>")
     return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(rows)}</table>")

@@ -8,12 +8,12 @@ so the validity problem still shows, in every column.
 
 import evaluate
 
-from ftkit.generation import parse_json
 from ftkit.metrics import check_compute_kwargs, mean_with_ci, metric_info
+from ftkit.task import parse_json
 
 _DESCRIPTION = """
 Predictions and references are texts of JSON objects. For each field, the accuracy is the share of
-examples where the prediction parses as a JSON object (the rule of `ftkit.generation.parse_json`),
+examples where the prediction parses as a JSON object (the rule of `ftkit.task.parse_json`),
 has the field, and its value equals the reference's. Values are compared as strings after `str()`,
 case-sensitively: 1 and "1" agree, 1 and 1.0 do not, "Paris" and "paris" do not.
 

@@ -1,7 +1,7 @@
 """JSON validity: the share of replies that are one JSON object, with a bootstrap 95% interval.
 
 The first thing to measure on a structured-output task: before asking whether the fields are
-right, ask whether the reply can be read at all. The rule is `ftkit.generation.parse_json`'s, the
+right, ask whether the reply can be read at all. The rule is `ftkit.task.parse_json`'s, the
 same one the harness uses to read replies, so "valid" here means "the harness could parse it".
 This metric reads predictions only; references, if given (evaluate.combine always passes them),
 are ignored.
@@ -9,15 +9,15 @@ are ignored.
 
 import evaluate
 
-from ftkit.generation import parse_json
 from ftkit.metrics import check_compute_kwargs, mean_with_ci, metric_info
+from ftkit.task import parse_json
 
 _DESCRIPTION = """
 JSON validity is the share of predictions whose whole text, stripped of surrounding whitespace,
 parses with Python's `json.loads` as a JSON object (a dict). No repair and no guessing: a reply
 with text before or after the object, a code fence, a trailing comma, single quotes, or a JSON
 value that is not an object (a list, a string, a number) is invalid. The rule is the one of
-`ftkit.generation.parse_json`. The score comes with a percentile-bootstrap confidence interval.
+`ftkit.task.parse_json`. The score comes with a percentile-bootstrap confidence interval.
 """
 
 _CITATION = """

@@ -11,7 +11,7 @@ import re
 import evaluate
 from rouge_score import rouge_scorer
 
-from ftkit.metrics import check_compute_kwargs, field_values, mean_with_ci, metric_info
+from ftkit.metrics import check_compute_kwargs, mean_text_score, metric_info
 
 # Chinese and Japanese are written without spaces: each ideograph or kana is a token of its own.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -95,12 +95,10 @@ class RougeL(evaluate.Metric):
         **other_kwargs,
     ):
         check_compute_kwargs("rouge_l", other_kwargs)
-        if field is not None:
-            predictions = field_values(predictions, field, missing="")
-            references = field_values(references, field)
         scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=UnicodeTokenizer())
-        scores = [
-            scorer.score(target=ref, prediction=pred)["rougeL"].fmeasure
-            for pred, ref in zip(predictions, references, strict=True)
-        ]
-        return mean_with_ci(scores, "rouge_l", n_resamples, confidence_level, seed)
+
+        def score(pred: str, ref: str) -> float:
+            return scorer.score(target=ref, prediction=pred)["rougeL"].fmeasure
+
+        bootstrap = (n_resamples, confidence_level, seed)
+        return mean_text_score(predictions, references, score, "rouge_l", field, *bootstrap)

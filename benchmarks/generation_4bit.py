@@ -3,15 +3,18 @@ layers against the same call inside `ftkit.fast.generation_4bit.fast_4bit_genera
 
     .venv/bin/python benchmarks/generation_4bit.py
     .venv/bin/python benchmarks/generation_4bit.py --batches 1 8 --new-tokens 40 --rounds 3
+    .venv/bin/python benchmarks/generation_4bit.py --layer-rows 1 8 32 512 4096
 
 The embedded model in NF4 with ftkit's LoRA adapters (r=16 on every linear layer, as
 notebook 04 compares it), test tickets under the task's system prompt, left padding,
 greedy. Both sides run in this one process, alternating per round; the median is reported.
 On a CPU without AVX512-BF16, bitsandbytes dequantises every weight at every call and
-ftkit's block keeps each weight dequantised for the block; with AVX512-BF16 both sides
-may use bitsandbytes' repacked kernel (the plain side repacks permanently, the trap in
-shared/FACTS.md; the block restores the weights). Also checks that the replies are the same
-and, without AVX512-BF16, that the logits are equal bit for bit.
+ftkit's block keeps each weight dequantised for the block; with AVX512-BF16 the block
+also sends products of fewer than `PACKED_ROWS` rows to bitsandbytes' repacked kernel and
+restores the weights on leaving. Also checks that the replies are the same and that a
+prompt's logits are equal bit for bit. `--layer-rows` times one 576x1536 layer's product
+at those numbers of rows, the repacked kernel against the weight dequantised once (the
+choice `PACKED_ROWS` makes; AVX512-BF16 only).
 Writes benchmarks/results/generation_4bit.json and prints a Markdown table for RESULTS.md.
 """
 
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results" / "generation_4bit.json"))
+    parser.add_argument("--layer-rows", nargs="+", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.layer_rows:
+        return _layer_rows(args.layer_rows)
 
     import torch
     from bitsandbytes.functional import has_avx512bf16
@@ -117,6 +123,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['batch']} | {r['bitsandbytes_seconds']:.2f} s | {r['ftkit_seconds']:.2f} s "
               f"| {r['speedup']:.2f}x | {r['same_replies']} |")  # fmt: skip
     print(f"[bench] wrote {args.out}")
+    return 0
+
+
+def _layer_rows(counts: list[int]) -> int:
+    """One MLP layer's product at `counts` rows: the repacked kernel against dense."""
+    import torch
+    from bitsandbytes.functional import has_avx512bf16
+
+    from ftkit.fast.generation_4bit import _DenseForward, fast_4bit_generation
+    from ftkit.hardware import cpu_name
+    from ftkit.models import load_model
+
+    if not has_avx512bf16():
+        print("[bench] no AVX512-BF16 here: bitsandbytes has no repacked kernel to compare")
+        return 0
+    model, _ = load_model(quantization="nf4")
+    layer = model.model.layers[0].mlp.gate_proj
+    weight = _DenseForward(layer).weight(torch.bfloat16)  # before the kernel repacks it
+
+    def median_ms(call) -> float:
+        call()
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            call()
+            times.append(1000 * (time.perf_counter() - started))
+        return statistics.median(times)
+
+    print(
+        f"{cpu_name()}, {torch.get_num_threads()} threads, layer {layer.in_features}x"
+        f"{layer.out_features}, bf16\n\n| rows | repacked kernel | dense | kernel / dense |"
+    )
+    print("|---:|---:|---:|---:|")
+    with torch.inference_mode(), fast_4bit_generation(model):
+        for rows in counts:
+            x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
+            packed = median_ms(lambda x=x: type(layer).forward(layer, x))
+            dense = median_ms(lambda x=x: torch.nn.functional.linear(x, weight))
+            print(f"| {rows} | {packed:.3f} ms | {dense:.3f} ms | {packed / dense:.1f}x |")
     return 0
 
 

@@ -91,8 +91,10 @@ def fast_generation(
     """Generate faster inside this block; yields the keyword arguments to add to `generate`
     (the shared prefix's KV cache, under the name this transformers uses, or nothing).
 
-    What changes: 4-bit weights served by bitsandbytes' AVX512-BF16 kernel or dequantised
-    once (1.5x at one prompt, 1.3x at eight, benchmarks/generation_4bit.py), the output
+    What changes: 4-bit weights dequantised once (1.5x at one prompt, 1.3x at eight on an
+    AVX2 CPU, benchmarks/generation_4bit.py), or with AVX512-BF16 served by bitsandbytes'
+    repacked kernel for products of a few rows and dequantised once for longer ones (a
+    prompt's prefill: 5 to 20x faster per layer than that kernel on an AMX Xeon), the output
     layer given a contiguous input (1.7x on CPU), and `prefix_ids` (shape (1, length): the
     tokens all `batch` prompts start with) kept once in the cache and read once per token
     (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits (tests/test_models.py,

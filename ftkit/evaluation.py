@@ -27,8 +27,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from ftkit.constrained import (
+    can_constrain,
+    compile_constraint,
+    processor_factory,
+    token_bound,
+    xgrammar_available,
+)
 from ftkit.fast import fast_generation
-from ftkit.generation import Messages, generate_replies
+from ftkit.generation import Messages, Reply, generate_replies, stop_token_ids
+from ftkit.retrieval import retrieve_shots
 from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
 from ftkit.task import Task, answer_of, parse_json
 
@@ -40,9 +48,11 @@ class Approach:
     """A way of asking: which model, which system prompt, how many solved examples."""
 
     name: str  # shown in tables and plots
-    model: str = "base"  # "base" (adapter off) or "finetuned" (adapter on)
+    model: str = "base"  # "base" (adapter off), "finetuned" (adapter on), or "classical"
     system_prompt: str | None = None  # None: the question as the data presents it
     shots: int = 0  # solved training examples put before the question (few-shot)
+    retrieve: bool = False  # the shots closest to each question (BM25), not a fixed set
+    constrained: bool = False  # decoding limited to the task's format (`ftkit.constrained`)
 
     @property
     def prompting(self) -> bool:
@@ -50,19 +60,30 @@ class Approach:
         return self.model == "base"
 
 
-def standard_approaches(task: Task, shots: int = 3) -> list[Approach]:
-    """Notebook 04's approaches for `task`, with `shots` examples for the few-shot one.
+def standard_approaches(
+    task: Task, shots: int = 3, constrained: bool | None = None
+) -> list[Approach]:
+    """Notebook 04's approaches for `task`, with `shots` solved examples for the few-shot ones.
 
-    With a system prompt the data does not already carry: zero-shot, + system prompt, +
-    prompt + k-shot, fine-tuned, fine-tuned + prompt. Otherwise (no prompt, or every
-    example carries it) the prompt variants would repeat zero-shot and fine-tuned, and go.
+    The base model: zero-shot; + the task's system prompt; + k fixed shots; + the k closest
+    shots (retrieved); + k fixed shots with decoding constrained to the task's format (when
+    the task has one and xgrammar is installed, or as `constrained` says). The fine-tune:
+    alone, and + the system prompt. Without a system prompt, or when every example already
+    carries it, the prompt variants would repeat others and are left out.
     """
     prompt = task.system_prompt if not task.prompt_in_data else None
+    few = f"base + prompt + {shots}-shot" if prompt else f"base + {shots}-shot"
     approaches = [Approach("base, zero-shot")]
     if prompt:
         approaches.append(Approach("base + system prompt", system_prompt=prompt))
-    name = f"base + prompt + {shots}-shot" if prompt else f"base + {shots}-shot"
-    approaches += [Approach(name, system_prompt=prompt, shots=shots)]
+    approaches += [
+        Approach(few, system_prompt=prompt, shots=shots),
+        Approach(few.replace(f"{shots}-shot", f"{shots} retrieved"), system_prompt=prompt,
+                 shots=shots, retrieve=True),
+    ]  # fmt: skip
+    if constrained or (constrained is None and can_constrain(task) and xgrammar_available()):
+        approaches.append(Approach(f"{few}, constrained", system_prompt=prompt, shots=shots,
+                                   constrained=True))  # fmt: skip
     approaches.append(Approach("fine-tuned", model="finetuned"))
     if prompt:
         approaches.append(Approach("fine-tuned + prompt", model="finetuned", system_prompt=prompt))
@@ -167,6 +188,9 @@ class ApproachResult:
     latency_s: float  # mean seconds per request, one request at a time
     batch_seconds_per_request: float  # seconds per request when generated in batches
     task: Task = field(repr=False)  # what an answer is, and how it was scored
+    fit_seconds: float = 0.0  # time spent fitting before answering (the classical baseline)
+    # Answers new examples without generating (the classical baseline's fitted classifiers).
+    respond: Callable[[Sequence], list[str]] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -212,26 +236,74 @@ def evaluate_approach(
     examples = list(examples)
     if not examples:
         raise ValueError("evaluate_approach: no examples to evaluate on.")
-    shots = pick_shots(shot_pool, approach.shots, seed, task)
-    if len(shots) < approach.shots:
-        raise ValueError(
-            f"{approach.name!r} needs {approach.shots} solved examples but the shot pool has "
-            f"{len(shots)}: pass the training split as shot_pool."
-        )
-    max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
-    give_up_after = give_up_after if task.answer == "json" else None
-    prompts = [build_prompt(example, approach, shots) for example in examples]
-    replies, batched, timed = _generate_all(
-        model, tokenizer, prompts, approach, max_new_tokens, temperature, batch_size,
-        latency_sample, give_up_after, progress,
+    replies, batched, timed = generate_answers(
+        model, tokenizer, examples, approach, task, shot_pool, max_new_tokens, temperature,
+        batch_size, latency_sample, seed, progress, give_up_after,
     )  # fmt: skip
     predictions = [_prediction(example, reply) for example, reply in zip(examples, replies,
                                                                          strict=True)]  # fmt: skip
     return _result(approach, predictions, task, batched, timed, n_resamples, seed)
 
 
+def generate_answers(
+    model,
+    tokenizer,
+    examples: Sequence,
+    approach: Approach,
+    task: Task,
+    shot_pool: Sequence = (),
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    latency_sample: int = 0,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    give_up_after: int | None = GIVE_UP_AFTER,
+) -> tuple[list[Reply], float, list[float]]:
+    """`approach`'s replies to `examples`, unscored (a typed question has no reference):
+    (replies in order, batched seconds per request, one-at-a-time seconds of the first
+    `latency_sample`). `evaluate_approach` says what the arguments do."""
+    examples = list(examples)
+    shots = shots_for(approach, examples, shot_pool, task, seed)
+    max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
+    give_up_after = give_up_after if task.answer == "json" else None
+    constraint = None
+    if approach.constrained:  # valid by construction: nothing to give up on, a token bound
+        constraint, max_new_tokens = _constraint(task, shot_pool or examples, model, tokenizer)
+        give_up_after = None
+    prompts = [build_prompt(example, approach, s) for example, s in zip(examples, shots,
+                                                                        strict=True)]  # fmt: skip
+    return _generate_all(
+        model, tokenizer, prompts, approach, max_new_tokens, temperature, batch_size,
+        latency_sample, give_up_after, progress, constraint,
+    )  # fmt: skip
+
+
+def shots_for(approach: Approach, examples: Sequence, pool: Sequence, task: Task,
+              seed: int = 0) -> list[list]:  # fmt: skip
+    """The solved examples put before each question: the same stratified set for every one
+    (`pick_shots`), or each question's closest ones (`retrieve_shots`, BM25)."""
+    if approach.retrieve:
+        found = retrieve_shots(pool, examples, approach.shots)
+    else:
+        found = [pick_shots(pool, approach.shots, seed, task)] * len(examples)
+    if found and len(found[0]) < approach.shots:
+        raise ValueError(
+            f"{approach.name!r} needs {approach.shots} solved examples but the shot pool has "
+            f"{len(found[0])}: pass the training split as shot_pool."
+        )
+    return found
+
+
+def _constraint(task: Task, examples: Sequence, model, tokenizer):
+    """(a logits-processor factory for the task's format, the tokens that always suffice)."""
+    compiled = compile_constraint(task, examples, tokenizer, stop_token_ids(tokenizer),
+                                  model.config.vocab_size)  # fmt: skip
+    return processor_factory(compiled), token_bound(task, examples)
+
+
 def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperature, batch_size,
-                  latency_sample, give_up_after, progress):  # fmt: skip
+                  latency_sample, give_up_after, progress, constraint=None):  # fmt: skip
     """(replies in prompt order, batched seconds per request, one-at-a-time seconds)."""
     order = sorted(range(len(prompts)), key=lambda i: _length(prompts[i]))  # less padding
     with adapter_for(model, approach), fast_generation(model):  # 4-bit prepared once
@@ -242,7 +314,8 @@ def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperatu
             batch = generate_replies(model, tokenizer, [prompts[i] for i in chunk],
                                      max_new_tokens=max_new_tokens, temperature=temperature,
                                      batch_size=batch_size, share_prefix=True,
-                                     give_up_after=give_up_after)  # fmt: skip
+                                     give_up_after=give_up_after,
+                                     logits_processor=constraint)  # fmt: skip
             for i, reply in zip(chunk, batch, strict=True):
                 replies[i] = reply
             if progress:
@@ -252,7 +325,7 @@ def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperatu
         for prompt in prompts[:latency_sample]:
             started = time.perf_counter()
             generate_replies(model, tokenizer, [prompt], max_new_tokens=max_new_tokens,
-                             temperature=temperature)  # fmt: skip
+                             temperature=temperature, logits_processor=constraint)  # fmt: skip
             timed.append(time.perf_counter() - started)
     return replies, batched, timed
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ftkit.fast import fast_generation
 
@@ -63,6 +63,7 @@ def generate_replies(
     batch_size: int = 8,
     share_prefix: bool = False,
     give_up_after: int | None = None,
+    logits_processor: Callable[[], object] | None = None,
 ) -> list[Reply]:
     """Generate one reply per prompt, in batches, greedy unless `temperature` > 0.
 
@@ -72,13 +73,15 @@ def generate_replies(
     `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
     become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
     not `max_new_tokens`, and every JSON score stays what it would have been.
+    `logits_processor` makes a fresh transformers logits processor for each batch (for
+    instance `ftkit.constrained.processor_factory`: answers in a fixed format).
     """
     replies = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
         replies += _generate_batch(
             model, tokenizer, batch, system_prompt, max_new_tokens, temperature, share_prefix,
-            give_up_after,
+            give_up_after, logits_processor,
         )  # fmt: skip
     return replies
 
@@ -127,7 +130,7 @@ MIN_SHARED_PREFIX = 64  # tokens; below this, reading the prefix once saves too 
 
 def _generate_batch(
     model, tokenizer, prompts, system_prompt, max_new_tokens, temperature, share_prefix=False,
-    give_up_after=None,
+    give_up_after=None, logits_processor=None,
 ):  # fmt: skip
     texts = [
         tokenizer.apply_chat_template(
@@ -153,6 +156,8 @@ def _generate_batch(
     stops = torch.tensor(stop_token_ids(tokenizer), device=model.device)
     giving_up = _GiveUpOnJson(tokenizer, width, give_up_after, stops) if give_up_after else None
     extra = {"stopping_criteria": StoppingCriteriaList([giving_up])} if giving_up else {}
+    if logits_processor is not None:
+        extra["logits_processor"] = LogitsProcessorList([logits_processor()])
     started = time.perf_counter()
     with (
         torch.inference_mode(),

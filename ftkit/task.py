@@ -96,7 +96,8 @@ class Task:
         """The scores a comparison table shows: the primary first, then the telling ones."""
         if self.answer == "json" and self.label_fields:
             fields = [f"{name}_accuracy" for name in self.label_fields]
-            chosen = ["labels_exact", "json_validity", *fields]
+            texts = [f"{name}_rouge_l" for name in self.text_fields[:1]]
+            chosen = ["labels_exact", "json_validity", *fields, *texts]
         else:
             chosen = self.metrics()
         return [self.primary_metric, *(m for m in chosen if m != self.primary_metric)]

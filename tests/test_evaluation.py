@@ -54,9 +54,13 @@ def comparison(peft_model, splits):
                    progress=None)  # fmt: skip
 
 
+NAMES = ["base, zero-shot", "base + system prompt", "base + prompt + 2-shot",
+         "base + prompt + 2 retrieved", "base + prompt + 2-shot, constrained", "fine-tuned",
+         "fine-tuned + prompt"]  # fmt: skip
+
+
 def test_every_approach_answers_every_example(comparison):
-    names = ["base, zero-shot", "base + system prompt", "base + prompt + 2-shot", "fine-tuned",
-             "fine-tuned + prompt"]  # fmt: skip
+    names = NAMES
     assert list(comparison.results) == names
     for result in comparison.results.values():
         assert len(result.predictions) == 4
@@ -73,6 +77,8 @@ def test_prompt_tokens_show_what_each_prompt_costs(comparison):
     assert tokens["base + system prompt"] == tokens["fine-tuned + prompt"]
     assert tokens["base + system prompt"] > tokens["base, zero-shot"] + 300  # the rules
     assert tokens["base + prompt + 2-shot"] > tokens["base + system prompt"] + 60  # 2 examples
+    assert tokens["base + prompt + 2 retrieved"] > tokens["base + system prompt"] + 60
+    assert tokens["base + prompt + 2-shot, constrained"] == tokens["base + prompt + 2-shot"]
 
 
 def test_a_fresh_adapter_answers_like_the_base(comparison):
@@ -223,11 +229,14 @@ def test_comparator_answers_a_picked_ticket_with_its_reference(peft_model, compa
     assert widget.text.value == list(splits["test"])[2].messages[0]["content"]
     widget.compare_button.click()
     assert set(widget.last) == set(comparison.results)
-    assert widget.answers.value.count("<tr>") == 1 + 1 + 5  # header, reference, approaches
+    assert widget.answers.value.count("<tr>") == 1 + 1 + len(NAMES)  # header, reference, ...
     assert "reference" in widget.answers.value and "same as the reference" in widget.answers.value
-    # The stored comparison's answer for that ticket is what the widget shows.
-    assert widget.last["base + system prompt"] == comparison["base + system prompt"].predictions[
-        2].output  # fmt: skip
+    # The stored comparison's answer for that ticket is what the widget shows: the same
+    # shots, constraint and cut. (Retrieved prompts differ in length within the comparison's
+    # batch; its padding changes bf16 sums enough to break a near-tie late in an answer.)
+    for name, result in comparison.results.items():
+        if not result.approach.retrieve:
+            assert widget.last[name] == result.predictions[2].output, name
 
 
 def test_comparator_answers_a_typed_ticket(peft_model, comparison, splits):
@@ -236,7 +245,7 @@ def test_comparator_answers_a_typed_ticket(peft_model, comparison, splits):
                         list(splits["train"]), max_new_tokens=24)  # fmt: skip
     widget.text.value = "Quillo Mail deletes my drafts when I close the app. Please fix!"
     widget.compare_button.click()
-    assert len(widget.last) == 5 and all(isinstance(t, str) for t in widget.last.values())
+    assert len(widget.last) == len(NAMES) and all(isinstance(t, str) for t in widget.last.values())
     assert "most approaches gave" in widget.answers.value
     assert "<b>reference</b>" not in widget.answers.value
 
@@ -270,6 +279,11 @@ def test_controls_rerun_with_new_k_and_temperature(peft_model, splits):
     comparison = controls.comparison
     assert list(comparison.results) == ["base + prompt + 1-shot", "fine-tuned"]
     assert comparison.settings["temperature"] == 0.7 and comparison.settings["examples"] == 2
+    # Choices are made on validation: the re-run scored these validation tickets, said so.
+    asked = [p.question for p in comparison["fine-tuned"].predictions]
+    assert asked == [e.messages[-2]["content"] for e in validation[:2]]
+    assert comparison.settings["split"] == "validation"
+    assert "2 validation examples" in controls.table.value
     assert "base + prompt + 1-shot" in controls.table.value
     assert controls.plot_output.outputs[0]["data"]["image/png"]
     assert "done: k=1" in controls.status.value
@@ -277,9 +291,10 @@ def test_controls_rerun_with_new_k_and_temperature(peft_model, splits):
 
 def test_plots_draw_what_was_measured(comparison):
     figure = plot_approach_scores(comparison)
-    assert len(figure.axes[0].patches) == 2 * 5  # two metrics, five approaches
+    assert len(figure.axes[0].patches) == 2 * len(NAMES)  # two metrics, every approach
     figure = plot_quality_vs_cost(comparison)
-    assert {t.get_text() for t in figure.axes[0].texts} == set(comparison.results)
+    legend = figure.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == list(comparison.results)
     result = comparison["base + prompt + 2-shot"]
     figure = plot_confusion(result, "category")
     counts = figure.axes[0].images[0].get_array()

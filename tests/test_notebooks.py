@@ -62,6 +62,12 @@ EXPECTED = {
         "[ftkit] reusing",  # notebook 03's fine-tune picked up, in smoke mode as in full
         "bootstrap 95% intervals",  # the comparison table, with intervals
         "The intervals",  # the verdict with this run's numbers
+        "**Retrieval.**",  # retrieved shots against fixed ones, computed
+        "**Constrained decoding.**",  # what is left of the lead when the format is certain
+        "**The classical baseline**",  # TF-IDF + logistic regression against the fine-tune
+        "n/a",  # the summary the classifier cannot write, said, not scored zero
+        "on validation (",  # the fine-tune on validation and on test, side by side
+        "Without the FAQ:",  # the knowledge demonstration, measured
         "tokens** per request",  # prompt cost, measured
         "Macro-F1 of the category",  # confusion matrices and macro-F1
         "application/vnd.jupyter.widget-view+json",  # error browser, comparator, controls
@@ -88,6 +94,8 @@ EXPECTED_VOICE = {
         "[ftkit] reusing",  # notebook 03's fine-tune of this dataset
         "The intervals",
         "Free text: no classes to confuse.",
+        "No classical baseline",  # free text: said, not silently left out
+        "**Retrieval.**",
         "scores per size",
         "What prompting did well",
     ],

@@ -92,7 +92,13 @@ def test_a_system_prompt_in_every_example_is_the_tasks_and_drops_the_prompt_vari
     assert task.answer == "json" and task.system_prompt == "Be brief." and task.prompt_in_data
     assert task.fields == {"device": "label", "room": "label", "on": "label"}
     names = [a.name for a in standard_approaches(task, shots=2)]
-    assert names == ["base, zero-shot", "base + 2-shot", "fine-tuned"]
+    assert names == [
+        "base, zero-shot",
+        "base + 2-shot",
+        "base + 2 retrieved",
+        "base + 2-shot, constrained",
+        "fine-tuned",
+    ]
 
 
 # --- the task file --------------------------------------------------------------------------
@@ -264,7 +270,8 @@ def test_saved_task_data_loads_back_the_same(tmp_path):
 
 
 def test_an_unknown_dataset_names_the_shipped_ones():
-    with pytest.raises(FileNotFoundError, match=r"brand_voice, messy_tickets, support_tickets"):
+    shipped = r"brand_voice, messy_tickets, quillo_faq, support_tickets"
+    with pytest.raises(FileNotFoundError, match=shipped):
         load_task_data("suport_tickets")
 
 

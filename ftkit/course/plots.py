@@ -7,6 +7,7 @@ into an axes of your own figure instead.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -260,7 +261,9 @@ def _run_label(run) -> str:
 
 # --- notebooks/04_prompt_vs_finetune.ipynb --------------------------------------------
 
-APPROACH_COLOURS = {"base": "#9e9e9e", "finetuned": "#1f4e79"}  # prompting grey, fine-tune blue
+# Prompting the base model grey, the fine-tune blue, the classical baseline green.
+APPROACH_COLOURS = {"base": "#9e9e9e", "finetuned": "#1f4e79", "classical": "#31a354"}
+MARKERS = "osD^vP*Xhp<>"  # one per approach, in the comparison's order
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
@@ -296,40 +299,77 @@ def plot_approach_scores(comparison, metrics=None, ax: Axes | None = None) -> Fi
         ax.barh(rows, values, height=height, xerr=errors, capsize=3, label=metric,
                 color=shades[m % len(shades)])  # fmt: skip
         for row, value, (_, high) in zip(rows, values, spans, strict=True):
-            ax.text(high + 1, row, f"{value:.0f}", va="center", fontsize=8)
+            cannot = math.isnan(value)  # the classical baseline writes no free text
+            ax.text(1 if cannot else high + 1, row, "n/a" if cannot else f"{value:.0f}",
+                    va="center", fontsize=8)  # fmt: skip
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(results))], [r.name for r in results])
     ax.invert_yaxis()
     ax.set_xlim(0, 112)
     ax.set_xlabel("points (x 100), bars: bootstrap 95% interval")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
-    ax.set_title(f"{comparison.settings.get('examples', '?')} test examples")
+    ax.set_title(f"{comparison.split_size} examples")
     return ax.figure
 
 
 def plot_quality_vs_cost(
-    comparison, metric: str | None = None, cost: str = "prompt_tokens", ax: Axes | None = None
+    comparison,
+    metric: str | None = None,
+    cost: str = "prompt_tokens",
+    ax: Axes | None = None,
+    legend: bool = True,
 ) -> Figure:
     """Quality against cost per request: prompt tokens (`cost="prompt_tokens"`) or latency
-    (`cost="latency"`). Up and to the left is better.
+    (`cost="latency"`). Up and to the left is better. Each approach has its own marker, named
+    in a legend to the right (`legend=False` leaves it out, for a second panel); colour says
+    its kind. The classical baseline reads no prompt: it has no place on the token axis and
+    the panel says so.
     """
     metric = metric or comparison.primary
-    ax = _axes(ax, (7, 4))
-    for result in comparison.results.values():
+    ax = _axes(ax, (8.5, 4))
+    left_out = []
+    for index, result in enumerate(comparison.results.values()):
         x = result.prompt_tokens if cost == "prompt_tokens" else 1000 * result.latency_s
         y = 100 * result.scores[metric]
+        if not x > 0 or math.isnan(y):  # nothing to place on a log axis
+            left_out.append(result.name)
+            continue
         low, high = _interval(result, metric)
         colour = APPROACH_COLOURS.get(result.approach.model, "#636363")
-        ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color=colour, capsize=4,
-                    markersize=8)  # fmt: skip
-        ax.annotate(result.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt=MARKERS[index % len(MARKERS)],
+                    color=colour, capsize=4, markersize=8, label=result.name)  # fmt: skip
     ax.set_xscale("log")
+    _readable_log_ticks(ax)
     label = "prompt tokens per request (log scale)" if cost == "prompt_tokens" else (
         "latency per request, ms (log scale)")  # fmt: skip
+    if left_out:
+        label += f"\nnot shown, it reads no prompt: {', '.join(left_out)}"
     ax.set_xlabel(label)
     ax.set_ylabel(f"{metric}, points")
     ax.set_ylim(-5, 105)
-    ax.set_title("grey: prompting the base model; blue: the fine-tune")
+    kinds = {r.approach.model for r in comparison.results.values()}
+    ax.set_title("; ".join(f"{colour}: {name}" for kind, (colour, name) in _KINDS.items()
+                           if kind in kinds), fontsize=10)  # fmt: skip
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     return ax.figure
+
+
+_KINDS = {  # an approach's model -> (its colour in words, what it is)
+    "base": ("grey", "prompting the base model"),
+    "finetuned": ("blue", "the fine-tune"),
+    "classical": ("green", "classical"),
+}
+
+
+def _readable_log_ticks(ax: Axes) -> None:
+    """Plain numbers on a log axis (50, 100, 200), not 10^2, and no crowded minor labels."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_confusion(result, field: str | None = None, ax: Axes | None = None) -> Figure:

@@ -21,7 +21,9 @@ def prompt_token_savings(answer, comparison) -> CheckResult:
     """Exercise 04.1: prompt tokens per request the fine-tune saves over the few-shot prompt."""
     if answer is None:
         return NOT_ANSWERED
-    few_shot = max(comparison.results.values(), key=lambda r: r.approach.shots)
+    few_shot = comparison.few_shot
+    if few_shot is None:
+        return CheckResult(False, "This comparison has no few-shot approach to compare with.")
     tuned = next(r for r in comparison.results.values() if r.name == "fine-tuned")
     truth = few_shot.prompt_tokens - tuned.prompt_tokens
     value = _number(answer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from collections import Counter
 
 import ipywidgets as w
@@ -18,8 +19,7 @@ from ftkit.comparison import compare, with_settings
 from ftkit.course.plots import plot_approach_scores
 from ftkit.course.widgets.picker import show_figure
 from ftkit.data import Example
-from ftkit.evaluation import adapter_for, build_prompt, pick_shots
-from ftkit.generation import generate_replies
+from ftkit.evaluation import generate_answers
 from ftkit.scoring import SIMILAR, label_form, similarities
 from ftkit.task import Task, answer_of, parse_json
 
@@ -78,7 +78,7 @@ def consensus(answers: list[str], task: Task) -> str | dict | None:
 
 
 class Comparator(w.VBox):
-    """Side by side: pick a test example (or type your own question), click Compare, and read
+    """Side by side: pick an example (or type your own question), click Compare, and read
     every approach's answer next to the reference, coloured as the task says.
 
     For a typed question there is no reference; answers are then compared with what most
@@ -96,7 +96,7 @@ class Comparator(w.VBox):
         options = [(f"{i + 1}. {_first_words(_asked(e))}", i)
                    for i, e in enumerate(self.examples)]  # fmt: skip
         self.picker = w.Dropdown(options=options, value=0 if options else None,
-                                 description="test example",
+                                 description="example",
                                  layout=w.Layout(width="95%"))  # fmt: skip
         self.text = w.Textarea(description="question",
                                layout=w.Layout(width="95%", height="90px"))  # fmt: skip
@@ -121,7 +121,7 @@ class Comparator(w.VBox):
             self.text.value = _asked(self.examples[index])
 
     def _picked(self) -> Example | None:
-        """The test example whose question is in the text box (None for a typed question)."""
+        """The example whose question is in the text box (None for a typed question)."""
         asked = self.text.value.strip()
         return next((e for e in self.examples if _asked(e).strip() == asked), None)
 
@@ -136,18 +136,19 @@ class Comparator(w.VBox):
         example = picked or Example([{"role": "user", "content": question},
                                      {"role": "assistant", "content": ""}])  # fmt: skip
         answers, seconds = {}, {}
+        settings = self.comparison.settings
         for result in self.comparison.results.values():
-            approach = result.approach
-            shots = pick_shots(self.shot_pool, approach.shots,
-                               self.comparison.settings.get("seed", 0), self.task)  # fmt: skip
-            with adapter_for(self.model, approach):
-                [reply] = generate_replies(  # cut as the comparison cut it: the same answer
-                    self.model, self.tokenizer, [build_prompt(example, approach, shots)],
-                    max_new_tokens=self.max_new_tokens,
-                    give_up_after=self.comparison.settings.get("give_up_after")
-                    if self.task.answer == "json" else None,
+            started = time.perf_counter()
+            if result.respond is not None:  # the classical baseline: its fitted classifiers
+                [answers[result.name]] = result.respond([example])
+            else:  # generated exactly as the comparison did (shots, constraint, cut)
+                [reply], _, _ = generate_answers(
+                    self.model, self.tokenizer, [example], result.approach, self.task,
+                    self.shot_pool, self.max_new_tokens, seed=settings.get("seed", 0),
+                    give_up_after=settings.get("give_up_after"),
                 )  # fmt: skip
-            answers[approach.name], seconds[approach.name] = reply.text, reply.seconds
+                answers[result.name] = reply.text
+            seconds[result.name] = time.perf_counter() - started
         self._show(answers, seconds, answer_of(picked) if picked else None)
         self.last = answers
         return answers
@@ -287,8 +288,9 @@ class ComparisonControls(w.VBox):
 
     def __init__(self, model, tokenizer, task: Task, approaches, examples, shot_pool,
                  n_examples: int = 24, shots: int = 3, temperature: float = 0.0,
-                 max_new_tokens: int | None = None, n_resamples: int = 200) -> None:  # fmt: skip
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+                 max_new_tokens: int | None = None, n_resamples: int = 200,
+                 split: str = "validation") -> None:  # fmt: skip
+        self.model, self.tokenizer, self.task, self.split = model, tokenizer, task, split
         self.approaches, self.examples, self.shot_pool = list(approaches), examples, shot_pool
         self.max_new_tokens, self.n_resamples = max_new_tokens, n_resamples
         self.comparison = None
@@ -314,7 +316,7 @@ class ComparisonControls(w.VBox):
             self.comparison = compare(
                 self.model, self.tokenizer, examples, approaches, self.task, self.shot_pool,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature.value,
-                latency_sample=2, n_resamples=self.n_resamples,
+                latency_sample=2, n_resamples=self.n_resamples, split=self.split,
                 progress=lambda line: setattr(self.status, "value", html.escape(line)),
             )  # fmt: skip
             self.comparison.settings["shots"] = self.shots.value
@@ -322,7 +324,7 @@ class ComparisonControls(w.VBox):
             show_figure(self.plot_output, plot_approach_scores(self.comparison), "scores")
             self.status.value = (
                 f"done: k={self.shots.value}, temperature={self.temperature.value:.1f}, "
-                f"{len(examples)} examples"
+                f"{len(examples)} {self.split} examples"
             )
         finally:
             self.run_button.disabled = False

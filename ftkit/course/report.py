@@ -162,7 +162,7 @@ def _header(runs: Sequence[NotebookRun]) -> str:
     return (
         "<h1>ftkit: the notebook series, run headless</h1>"
         f"<p class='meta'>{time.strftime('%Y-%m-%d %H:%M')} · mode <b>{html.escape(modes)}</b>"
-        f" · {len(runs)} notebook(s)</p>"
+        f" · {len(runs)} notebook{'' if len(runs) == 1 else 's'}</p>"
         f"<p class='meta'>Machine: {html.escape(machine)}</p>"
         f"<p class='meta'>Versions: {html.escape(versions)}</p>"
     )

@@ -165,7 +165,8 @@ class Comparator(w.VBox):
         for name, text in answers.items():
             rows.append(f"<tr><td>{html.escape(name)}</td><td>"
                         f"{answer_html(text, self.task, expected)}</td>"
-                        f"<td>{1000 * seconds[name]:.0f} ms</td></tr>")  # fmt: skip
+                        f"<td style='white-space: nowrap'>"
+                        f"{1000 * seconds[name]:.0f} ms</td></tr>")  # fmt: skip
         legend = f"Green: same as {basis}; red: different."
         if expected is None:
             legend = "A typed question has no reference: read the answers side by side."

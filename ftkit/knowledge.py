@@ -103,7 +103,7 @@ def _ask(model, tokenizer, name, kind, entries, asked, questions, n_resamples):
          {"role": "user", "content": question}]
         for i, question in enumerate(asked)
     ]  # fmt: skip
-    with adapter_for(model, Approach(name, model=kind)), fast_generation(model):
+    with adapter_for(model, Approach(name, model=kind)):  # inside knowledge_check's fast block
         replies = generate_replies(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
                                    batch_size=BATCH)  # fmt: skip
     right = [states(r.text, q.meta["fact"]) for r, q in zip(replies, questions, strict=True)]

@@ -4,16 +4,32 @@
 train the embedded model on a laptop CPU in minutes; `ftkit.training.train` runs it. It lives
 apart from the training code so that run folders, reuse, error advice and the trainer can read
 a config without importing the code that trains (and without import circles).
+`TrainConfig.to_trl` says the same run in TRL's terms, for training it with `SFTTrainer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import importlib.util
+import os
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from ftkit.catalog import EMBEDDED_MODEL
 
+if TYPE_CHECKING:  # for the annotations only: importing this module imports no torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, TrainerCallback
+    from trl import SFTConfig
+
 METHODS = ("qlora", "lora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TRACKERS = {  # report_to value -> the package that tracker logs through (what to pip install)
+    "tensorboard": "tensorboard",
+    "trackio": "trackio",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+}
+_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # precision -> dtype
 
 
 class TrainingError(RuntimeError):
@@ -57,6 +73,7 @@ class TrainConfig:
     run_name: str | None = None  # folder name under runs_dir; None: method and time
     runs_dir: str = "runs"  # where run folders go
     overwrite: bool = False  # replace an existing run of the same name (else: an error)
+    report_to: str | list[str] = "none"  # also log to "tensorboard", "trackio", "wandb", "mlflow"
 
     def check(self) -> None:
         """Raise a `TrainingError` naming the first impossible setting."""
@@ -83,6 +100,27 @@ class TrainConfig:
                 f"evaluations: save_steps ({self.save_steps}) must be a multiple of eval_steps "
                 f"({self.eval_steps}). Try save_steps={self.eval_steps}."
             )
+        self._check_report_to()
+
+    def _check_report_to(self) -> None:
+        """report_to names trackers ftkit knows, each with its package installed."""
+        names = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(name, str) and name in {*TRACKERS, "none"} for name in names)
+            or ("none" in names and len(names) > 1)
+        ):
+            raise TrainingError(
+                f'TrainConfig: report_to must be "none", one of {tuple(TRACKERS)} or a list of '
+                f"them. Got report_to={self.report_to!r}."
+            )
+        for name in names:
+            if name != "none" and not _tracker_installed(name):
+                raise TrainingError(
+                    f"report_to={self.report_to!r}: {name} logs through the {TRACKERS[name]!r} "
+                    f"package, which is not installed. Run `pip install {TRACKERS[name]}`, or "
+                    'set report_to="none".'
+                )
 
     def _summary(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[:12])
@@ -95,3 +133,198 @@ class TrainConfig:
         if unknown:
             raise TrainingError(f"Unknown TrainConfig field(s) {unknown}; known: {sorted(known)}.")
         return cls(**values)
+
+    def to_trl(self, output_dir: str | None = None, *, evaluating: bool = True) -> TrlSetup:
+        """The same training set up for TRL's `SFTTrainer`: its arguments, adapters and loading.
+
+        Use it to leave ftkit behind with the settings you found here::
+
+            setup = config.to_trl()
+            trainer = SFTTrainer(model, train_dataset=data, **setup.trainer_kwargs())
+
+        `model` is a loaded model or a path (`ftkit.models.model_source(config.model)`, the
+        embedded model's converted folder); `data` a `datasets.Dataset` (see "The data"
+        below). `output_dir` defaults to `<runs_dir>/<run_name or method>-trl`. With
+        `evaluating=False` there is no validation set: no evaluation every `eval_steps`
+        (the Trainer refuses periodic evaluation without an `eval_dataset`).
+
+        What maps to what (`setup.args`, an `SFTConfig`, is a transformers `TrainingArguments`):
+
+        - lr -> learning_rate; lr_scheduler -> lr_scheduler_type; warmup_ratio ->
+          warmup_steps (a float below 1 is a share of all steps in transformers 5, which
+          dropped `warmup_ratio`); weight_decay, max_grad_norm, seed (and data_seed) as named;
+        - num_epochs -> num_train_epochs; max_steps -> max_steps (None -> -1: epochs decide);
+          batch_size -> per_device_train_batch_size (and twice that for evaluation);
+          gradient_accumulation_steps as named;
+        - max_length, packing as named; group_by_length -> train_sampling_strategy;
+        - gradient_checkpointing -> activation_checkpointing (transformers 5's name), always
+          set: TRL's own default turns it on, ftkit's is off;
+        - logging_steps, eval_steps, save_steps as named; keep_checkpoints ->
+          save_total_limit; early_stopping_patience -> load_best_model_at_end on eval_loss
+          and an `EarlyStoppingCallback` in `setup.callbacks`; report_to as named;
+        - precision "bf16" -> bf16=True, "fp16" -> fp16=True, "fp32" -> neither; use_cpu
+          where there is no CUDA GPU, as ftkit (transformers refuses bf16 on a CPU without
+          it). "auto" is left to the caller: TRL then turns bf16 on (its default unless
+          fp16), even on a CPU that only emulates it (slowly), where ftkit picks from the
+          hardware. To get ftkit's choice, resolve it first:
+          `p = choose_precision()` (`ftkit.hardware`), then
+          `replace(config, precision=p.name, optimizer=p.optimizer).to_trl()`. optimizer
+          "auto" likewise leaves TRL's AdamW (ftkit: 8-bit paged AdamW on CUDA);
+        - lora_r, lora_alpha, lora_dropout, target_modules -> `setup.peft_config`, a peft
+          `LoraConfig` (None for method "full");
+        - method "qlora" -> `setup.quantization_config`, a `BitsAndBytesConfig` (4-bit NF4,
+          double quantisation, computing in bf16, or the precision's dtype when it is
+          "fp16" or "fp32"). TRL uses it only when `model` is a path; with a model you
+          loaded, load it in 4-bit yourself: `load_model(name, quantization="nf4")`.
+          The base model's dtype (for a path) is in `args.model_init_kwargs`: fp32 for
+          "full" (as ftkit), the precision's dtype for LoRA (unset for "auto": TRL's fp32).
+
+        The data: ftkit trains on the assistant replies only, and so does this setup, with
+        `completion_only_loss=True`. That needs prompt/completion rows, such as
+        `{"prompt": messages[:-1], "completion": messages[-1:]}`: for one reply per
+        conversation (all of ftkit's shipped data) TRL then trains exactly the tokens ftkit
+        trains (tests/test_trl_bridge.py checks). Two traps: a dataset with a "messages"
+        column trains on *every* token under completion_only_loss (TRL 1.16 finds no
+        completion to mask, silently); and `assistant_only_loss=True`, TRL's way for
+        multi-turn chats, needs a chat template with `{% generation %}` markers, which
+        SmolLM2's lacks and TRL cannot add (it raises a ValueError). For multi-turn data,
+        give a marked template (tests/test_formatting.py has one), or pre-tokenized rows:
+        "input_ids" and "completion_mask" from `ftkit.formatting.tokenize_for_training`.
+
+        What does NOT carry over (ftkit's trainer, `ftkit.trainer`, and `ftkit.fast`): the
+        loss from labelled-position logits only (`labelled_logits_only`: TRL computes all
+        logits, same loss, more memory), micro-batches (`micro_batch_tokens`), the lean
+        layers and fused LoRA dropout (`lean_layers`): the same numbers, faster and leaner
+        in ftkit, on a CPU above all. Also ftkit's seeded samplers (a resumed run sees the
+        same batches), its stop on a NaN loss, evaluation that leaves the RNG alone, the
+        tokens-per-second logs, run folders, fingerprints and reuse. For QLoRA, TRL casts
+        the adapters to bf16 (ftkit keeps them in fp32), and ftkit's guard against
+        bitsandbytes repacking 4-bit weights on a CPU (`keep_4bit_trainable`) is applied
+        only if you load the model with `load_model`. TRL's packing is its own
+        (best-fit, padding-free), not ftkit's.
+        """
+        import torch
+        from peft import LoraConfig
+        from transformers import BitsAndBytesConfig, EarlyStoppingCallback
+        from trl import SFTConfig
+
+        self.check()
+        periodic = evaluating and self.eval_steps is not None
+        early = periodic and self.early_stopping_patience is not None
+        dtype = "float32" if self.method == "full" else _DTYPE_NAMES.get(self.precision)
+        folder = os.path.join(self.runs_dir, f"{self.run_name or self.method}-trl")
+        args = SFTConfig(
+            output_dir=output_dir or folder,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=2 * self.batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            num_train_epochs=self.num_epochs,
+            max_steps=self.max_steps or -1,
+            learning_rate=self.lr,
+            lr_scheduler_type=self.lr_scheduler,
+            warmup_steps=self.warmup_ratio,  # a float below 1 is a share of all steps
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            **({} if self.optimizer == "auto" else {"optim": self.optimizer}),
+            bf16=None if self.precision == "auto" else self.precision == "bf16",
+            fp16=self.precision == "fp16",
+            use_cpu=not torch.cuda.is_available(),  # as ftkit; transformers wants it for bf16
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
+            activation_checkpointing=self.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            logging_steps=self.logging_steps,
+            logging_first_step=True,
+            logging_nan_inf_filter=False,
+            eval_strategy="steps" if periodic else "no",
+            eval_steps=self.eval_steps if periodic else None,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=self.keep_checkpoints,
+            load_best_model_at_end=early,
+            metric_for_best_model="eval_loss" if evaluating else None,
+            greater_is_better=False,
+            prediction_loss_only=True,
+            restore_callback_states_from_checkpoint=True,
+            ddp_find_unused_parameters=False,
+            report_to=self.report_to if isinstance(self.report_to, str) else list(self.report_to),
+            seed=self.seed,
+            data_seed=self.seed,
+            max_length=self.max_length,
+            packing=self.packing,
+            completion_only_loss=True,  # the replies train, not the prompts (see "The data")
+            assistant_only_loss=False,
+            model_init_kwargs={"dtype": dtype} if dtype else None,
+        )
+        lora = None
+        if self.method != "full":
+            targets = self.target_modules
+            lora = LoraConfig(
+                r=self.lora_r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=self.lora_dropout,
+                target_modules=targets if isinstance(targets, str) else list(targets),
+                task_type="CAUSAL_LM",
+            )
+        quantization = None
+        if self.method == "qlora":
+            compute = {"fp16": torch.float16, "fp32": torch.float32}.get(self.precision)
+            quantization = BitsAndBytesConfig(  # as ftkit.models.quantization_config("nf4")
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute or torch.bfloat16,
+            )
+        callbacks = [EarlyStoppingCallback(self.early_stopping_patience)] if early else []
+        return TrlSetup(args, lora, quantization, callbacks)
+
+
+def _tracker_installed(name: str) -> bool:
+    """Whether the package a `report_to` tracker logs through can be imported (not importing it)."""
+    packages = ("tensorboard", "tensorboardX") if name == "tensorboard" else (TRACKERS[name],)
+    return any(importlib.util.find_spec(package) is not None for package in packages)
+
+
+@dataclass
+class TrlSetup:
+    """What `TrainConfig.to_trl` returns: TRL `SFTTrainer` arguments for the same training."""
+
+    args: SFTConfig  # TRL's TrainingArguments: steps, lr, batches, data, logging, checkpoints
+    peft_config: LoraConfig | None  # the LoRA adapters; None for full fine-tuning
+    quantization_config: BitsAndBytesConfig | None  # QLoRA's 4-bit loading; else None
+    callbacks: list[TrainerCallback] = field(default_factory=list)  # early stopping, if asked
+
+    def describe(self) -> str:
+        """The settings that decide the training, one per line, as TRL and peft name them."""
+        a, lora, quant = self.args, self.peft_config, self.quantization_config
+        steps = f"max_steps={a.max_steps}" if a.max_steps > 0 else f"epochs={a.num_train_epochs:g}"
+        lines = [
+            f"SFTConfig: learning_rate={a.learning_rate:g}, lr_scheduler_type="
+            f"{a.lr_scheduler_type.value}, warmup_steps={a.warmup_steps:g}, {steps}",
+            f"           per_device_train_batch_size={a.per_device_train_batch_size}, "
+            f"gradient_accumulation_steps={a.gradient_accumulation_steps}, "
+            f"max_length={a.max_length}, packing={a.packing}",
+            f"           completion_only_loss={a.completion_only_loss}, seed={a.seed}, "
+            f"report_to={a.report_to}, output_dir={a.output_dir}",
+            f"           bf16={a.bf16}, fp16={a.fp16}, optim={getattr(a.optim, 'value', a.optim)}",
+        ]
+        if lora is not None:
+            targets = lora.target_modules
+            targets = targets if isinstance(targets, str) else sorted(targets)
+            lines.append(f"LoraConfig: r={lora.r}, lora_alpha={lora.lora_alpha}, "
+                         f"lora_dropout={lora.lora_dropout}, target_modules={targets}")  # fmt: skip
+        if quant is not None:
+            lines.append(f"BitsAndBytesConfig: 4-bit {quant.bnb_4bit_quant_type}, double quant "
+                         f"{quant.bnb_4bit_use_double_quant}, compute "
+                         f"{str(quant.bnb_4bit_compute_dtype).removeprefix('torch.')}")  # fmt: skip
+        return "\n".join(lines)
+
+    def trainer_kwargs(self) -> dict:
+        """Keyword arguments for `SFTTrainer(model, train_dataset=data, **these)`."""
+        kwargs = {
+            "args": self.args,
+            "peft_config": self.peft_config,
+            "callbacks": [*self.callbacks],
+        }
+        if self.quantization_config is not None:
+            kwargs["quantization_config"] = self.quantization_config
+        return kwargs

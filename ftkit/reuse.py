@@ -31,7 +31,7 @@ VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
 def fingerprint(config, precision, train_items, val_items=None) -> str:
     """A SHA-256 of everything that decides a run's adapter (see the module docstring)."""
-    # names, folders, logging and kept checkpoints change no weight
+    # names, folders, logging, trackers (report_to) and kept checkpoints change no weight
     settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
     versions["ftkit code"] = training_code_id()  # an edited checkout trains again too

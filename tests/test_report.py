@@ -148,7 +148,7 @@ def series(smoke_series):
 @pytest.mark.notebook
 def test_main_job_prints_progress_summary_and_report(series):
     out, runs, lines = series
-    assert list(runs) == ["01", "02", "03", "04"]
+    assert list(runs) == ["01", "02", "03", "04", "06"]
     run = runs["04"]
     titles = [s.title for s in run.sections]
     assert titles[:3] == ["Setup", "1. A fair test", "2. The fine-tune"]
@@ -167,7 +167,9 @@ def test_report_is_one_self_contained_file(series):
     assert "url(" not in page and "@import" not in page
     sources = re.findall(r"src=['\"]([^'\"]*)", page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert all(h.startswith("#") for h in re.findall(r"href=['\"]([^'\"]*)", page))
+    links = [h for h in re.findall(r"href=['\"]([^'\"]*)", page) if not h.startswith("#")]
+    assert any(link.startswith("exports/") for link in links)  # notebook 06's exports
+    assert all((out / link).exists() for link in links)  # relative to the report: they open
     for source in sources:
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     plots = [notebook_plots(nbformat.read(run.output, as_version=4)) for run in runs.values()]

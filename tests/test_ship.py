@@ -171,3 +171,20 @@ def test_what_would_be_uploaded_leaves_pickles_out(run):
     assert (loaded.adapter_dir / "training_args.bin").is_file()  # the trainer's pickle
     names = [name for name, _ in shipped_files(loaded.adapter_dir)]
     assert "adapter_model.safetensors" in names and "training_args.bin" not in names
+
+
+def test_the_exports_table_escapes_names_and_links_relative(tmp_path, monkeypatch):
+    """Notebook 06's tables (and the report section made of them) show file names as text."""
+    from ftkit.course.shipping import exports_html, files_html
+
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "exports" / "<b>odd'name.gguf"
+    odd.parent.mkdir()
+    odd.write_bytes(b"x" * 2_000_000)
+    rows = [{"form": "<script>x</script>", "path": odd, "score": 50.0, "same": 7, "seconds": 3}]
+    table = exports_html(rows, "labels_exact", 8)
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    assert "href='exports/&lt;b&gt;odd&#x27;name.gguf'" in table  # relative, quoted, escaped
+    assert "2 MB" in table and "7 of 8" in table and "3 s" in table
+    listing = files_html([(odd.name, 2_000_000)], odd.parent)
+    assert "&lt;b&gt;odd" in listing and "1 file," in listing  # not "1 files"

@@ -61,7 +61,8 @@ def exports_html(rows: Sequence[dict], metric: str, questions: int) -> str:
         "<th>answers identical to the merged model's</th><th>load + answer</th></tr>"
     )
     body = "".join(
-        f"<tr><td>{html.escape(row['form'])}</td><td>{_link(Path(row['path']))}</td>"
+        f"<tr><td>{html.escape(row['form'])}</td>"
+        f"<td style='text-align:left'>{_link(Path(row['path']))}</td>"
         f"<td style='white-space:nowrap'>{_size(Path(row['path'])):,.0f} MB</td>"
         f"<td>{row['score']:.1f}</td><td>{row['same']} of {questions}</td>"
         f"<td>{(str(round(row['seconds'])) + ' s') if row.get('seconds') else ''}</td></tr>"

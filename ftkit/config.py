@@ -134,6 +134,43 @@ class TrainConfig:
             raise TrainingError(f"Unknown TrainConfig field(s) {unknown}; known: {sorted(known)}.")
         return cls(**values)
 
+    def trainer_settings(self, evaluating: bool) -> dict:
+        """The transformers `TrainingArguments` this config decides whatever the machine:
+        ftkit's trainer (`ftkit.trainer.training_arguments`) and `to_trl` both start from
+        them and add the device, the precision and the output folder."""
+        periodic = evaluating and self.eval_steps is not None
+        return {
+            "per_device_train_batch_size": self.batch_size,
+            "per_device_eval_batch_size": 2 * self.batch_size,  # no gradients: room for more
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "num_train_epochs": self.num_epochs,
+            "max_steps": self.max_steps or -1,
+            "learning_rate": self.lr,
+            "lr_scheduler_type": self.lr_scheduler,
+            "warmup_steps": self.warmup_ratio,  # a float below 1 is a share of all steps
+            "weight_decay": self.weight_decay,
+            "max_grad_norm": self.max_grad_norm,
+            "activation_checkpointing": self.gradient_checkpointing,
+            "activation_checkpointing_kwargs": {"use_reentrant": False},
+            "logging_steps": self.logging_steps,
+            "logging_first_step": True,
+            "logging_nan_inf_filter": False,  # a NaN must be seen (the trainer stops on it)
+            "eval_strategy": "steps" if periodic else "no",
+            "eval_steps": self.eval_steps if periodic else None,
+            "save_strategy": "steps",
+            "save_steps": self.save_steps,
+            "save_total_limit": self.keep_checkpoints,
+            "load_best_model_at_end": periodic and self.early_stopping_patience is not None,
+            "metric_for_best_model": "eval_loss" if evaluating else None,
+            "greater_is_better": False,
+            "prediction_loss_only": True,
+            "restore_callback_states_from_checkpoint": True,  # early stopping's patience too
+            "ddp_find_unused_parameters": False,
+            "report_to": self.report_to,  # "none", or trackers check() allowed (a str or list)
+            "seed": self.seed,
+            "data_seed": self.seed,
+        }
+
     def to_trl(self, output_dir: str | None = None, *, evaluating: bool = True) -> TrlSetup:
         """The same training set up for TRL's `SFTTrainer`: its arguments, adapters and loading.
 
@@ -209,51 +246,21 @@ class TrainConfig:
         from trl import SFTConfig
 
         self.check()
-        periodic = evaluating and self.eval_steps is not None
-        early = periodic and self.early_stopping_patience is not None
         dtype = "float32" if self.method == "full" else _DTYPE_NAMES.get(self.precision)
         folder = os.path.join(self.runs_dir, f"{self.run_name or self.method}-trl")
         args = SFTConfig(
             output_dir=output_dir or folder,
-            per_device_train_batch_size=self.batch_size,
-            per_device_eval_batch_size=2 * self.batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            num_train_epochs=self.num_epochs,
-            max_steps=self.max_steps or -1,
-            learning_rate=self.lr,
-            lr_scheduler_type=self.lr_scheduler,
-            warmup_steps=self.warmup_ratio,  # a float below 1 is a share of all steps
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
             **({} if self.optimizer == "auto" else {"optim": self.optimizer}),
             bf16=None if self.precision == "auto" else self.precision == "bf16",
             fp16=self.precision == "fp16",
             use_cpu=not torch.cuda.is_available(),  # as ftkit; transformers wants it for bf16
             train_sampling_strategy="group_by_length" if self.group_by_length else "random",
-            activation_checkpointing=self.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
-            logging_steps=self.logging_steps,
-            logging_first_step=True,
-            logging_nan_inf_filter=False,
-            eval_strategy="steps" if periodic else "no",
-            eval_steps=self.eval_steps if periodic else None,
-            save_strategy="steps",
-            save_steps=self.save_steps,
-            save_total_limit=self.keep_checkpoints,
-            load_best_model_at_end=early,
-            metric_for_best_model="eval_loss" if evaluating else None,
-            greater_is_better=False,
-            prediction_loss_only=True,
-            restore_callback_states_from_checkpoint=True,
-            ddp_find_unused_parameters=False,
-            report_to=self.report_to if isinstance(self.report_to, str) else list(self.report_to),
-            seed=self.seed,
-            data_seed=self.seed,
             max_length=self.max_length,
             packing=self.packing,
             completion_only_loss=True,  # the replies train, not the prompts (see "The data")
             assistant_only_loss=False,
             model_init_kwargs={"dtype": dtype} if dtype else None,
+            **self.trainer_settings(evaluating),
         )
         lora = None
         if self.method != "full":
@@ -274,6 +281,7 @@ class TrainConfig:
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=compute or torch.bfloat16,
             )
+        early = args.load_best_model_at_end  # periodic evaluation with a patience
         callbacks = [EarlyStoppingCallback(self.early_stopping_patience)] if early else []
         return TrlSetup(args, lora, quantization, callbacks)
 

@@ -266,44 +266,15 @@ def training_arguments(config, run_dir: Path, precision, evaluating: bool, quiet
     """The transformers `TrainingArguments` that say what `config` says."""
     from transformers import TrainingArguments
 
-    periodic = evaluating and config.eval_steps is not None
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=2 * config.batch_size,  # no gradients: room for more
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps or -1,
-        learning_rate=config.lr,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of all steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
         optim=precision.optimizer,
         bf16=precision.name == "bf16",
         fp16=precision.name == "fp16",
         use_cpu=precision.device == "cpu",
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN must be seen (the trainer stops on it)
-        eval_strategy="steps" if periodic else "no",
-        eval_steps=config.eval_steps if periodic else None,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.keep_checkpoints,
-        load_best_model_at_end=periodic and config.early_stopping_patience is not None,
-        metric_for_best_model="eval_loss" if evaluating else None,
-        greater_is_better=False,
-        prediction_loss_only=True,
         remove_unused_columns=False,  # our examples are TokenizedExample objects, not columns
-        restore_callback_states_from_checkpoint=True,  # early stopping's patience resumes too
-        ddp_find_unused_parameters=False,
         disable_tqdm=quiet,
-        report_to=config.report_to,  # "none", or the trackers TrainConfig.check allowed
-        seed=config.seed,
-        data_seed=config.seed,
+        **config.trainer_settings(evaluating),  # the rest: what the config says, as to_trl
     )
 
 

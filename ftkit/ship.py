@@ -32,7 +32,15 @@ from pathlib import Path
 from ftkit import __version__
 from ftkit.catalog import get_model_info
 from ftkit.models import embedded_model_dir, hub_reachable, resolve_model
-from ftkit.runs import Run, RunError, adapter_source, card_metadata, merge_and_export, read_run
+from ftkit.runs import (
+    Run,
+    RunError,
+    adapter_source,
+    card_body,
+    card_metadata,
+    merge_and_export,
+    read_run,
+)
 
 # What never leaves in an export or an upload: pickles (training_args.bin and optimizer
 # states run code when loaded), half-written files, checkpoints.
@@ -150,14 +158,11 @@ def _template_in_config(folder: Path) -> bool:
 
 def _card(run: Run, hub_id: str, kind: str, form: str, metrics, loading: str) -> str:
     """The model card of an export: a metadata header (hub id, library, tags, data, metrics),
-    then the run's own card, an honest note about the base, and how to load the export."""
+    then the run's card without its loading notes, an honest note about the base, and how to
+    load the export."""
     info = json.loads((run.path / "config.json").read_text())
     header = card_metadata(run.name, run.config, info, run.result, hub_id, form, metrics)
-    body = (run.path / "README.md").read_text(encoding="utf-8") if (
-        run.path / "README.md").is_file() else f"# {run.name}\n"  # fmt: skip
-    body = body.split("\n## How to load it", 1)[0].rstrip()  # the run's own loading notes
-    if body.startswith("---\n"):  # the run's card has a header of its own: keep the body
-        body = body.split("\n---\n", 1)[1].lstrip()
+    body = card_body(run.path, run.config, run.result)
     note = ""
     if kind == "embedded":
         note = (

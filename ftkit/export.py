@@ -227,10 +227,20 @@ def check_gguf(
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                  dtype=torch.float32).eval()  # fmt: skip
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens)
-    gguf_type = path.stem.rsplit("-", 1)[-1] if "-" in path.stem else "?"
-    return GGUFCheck(path, gguf_type, path.stat().st_size / 1e6,
+    return GGUFCheck(path, gguf_file_type(path), path.stat().st_size / 1e6,
                      [a == b for a, b in zip(answers, reference, strict=True)], answers,
                      list(reference), time.perf_counter() - started)  # fmt: skip
+
+
+def gguf_file_type(path: str | Path) -> str:
+    """A GGUF file's type as its header says ("f16", "q8_0", "q4_0", ...): `general.file_type`."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+    if field is None:
+        raise ExportError(f"{Path(path).name} has no general.file_type in its GGUF header.")
+    kind = gguf.LlamaFileType(int(field.parts[field.data[0]][0]))
+    return kind.name.removeprefix("MOSTLY_").lower()
 
 
 def ollama_modelfile(gguf_path: str | Path, tokenizer, system_prompt: str | None = None,

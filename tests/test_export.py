@@ -50,6 +50,7 @@ def test_f16_answers_as_the_merged_model_does(merged, exported):
     assert check.same == [True] * len(prompts), check.answers
     assert 250 < check.size_mb < 300  # 135M weights in 16 bits, norms in fp32
     assert "4 of 4 greedy answers identical" in check.describe()
+    assert check.gguf_type == "f16"  # read from the file's header, not its name
 
 
 def test_q8_0_is_smaller_and_its_agreement_is_measured(merged, exported):

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ftkit.catalog import GPU, get_gpu
+from ftkit.course.shipping import size_mb
 from ftkit.memory import COMPONENTS, FITS_BELOW, MemoryEstimate
 from ftkit.scoring import label_form
 from ftkit.task import Task
@@ -489,11 +490,7 @@ def plot_exports(rows: Iterable[Mapping], metric: str, questions: int) -> Figure
     plt.close(figure)
     names = [row["form"] for row in rows]
     where = np.arange(len(rows))[::-1]  # the first row on top
-    megabytes = []
-    for row in rows:
-        path = Path(row["path"])
-        files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
-        megabytes.append(sum(p.stat().st_size for p in files) / 1e6)
+    megabytes = [size_mb(Path(row["path"])) for row in rows]  # as exports_html shows them
     sizes.barh(where, megabytes, color="#4a90c2")
     for y, mb in zip(where, megabytes, strict=True):
         sizes.text(mb, y, f" {mb:,.0f}", va="center", fontsize=9)

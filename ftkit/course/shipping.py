@@ -28,7 +28,7 @@ def _link(path: Path) -> str:
     return f"<a href='{html.escape(shown, quote=True)}'><code>{html.escape(shown)}</code></a>"
 
 
-def _size(path: Path) -> float:
+def size_mb(path: Path) -> float:
     """Megabytes of a file, or of the files in a folder (not below it)."""
     files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
@@ -63,7 +63,7 @@ def exports_html(rows: Sequence[dict], metric: str, questions: int) -> str:
     body = "".join(
         f"<tr><td>{html.escape(row['form'])}</td>"
         f"<td style='text-align:left'>{_link(Path(row['path']))}</td>"
-        f"<td style='white-space:nowrap'>{_size(Path(row['path'])):,.0f} MB</td>"
+        f"<td style='white-space:nowrap'>{size_mb(Path(row['path'])):,.0f} MB</td>"
         f"<td>{row['score']:.1f}</td><td>{row['same']} of {questions}</td>"
         f"<td>{(str(round(row['seconds'])) + ' s') if row.get('seconds') else ''}</td></tr>"
         for row in rows

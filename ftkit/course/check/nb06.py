@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftkit.course.check.core import NOT_ANSWERED, CheckResult
+from ftkit.export import gguf_file_type
 from ftkit.task import Task, parse_json
 
 
@@ -17,26 +18,17 @@ def gguf_of_type(answer, kind: str, not_these=()) -> CheckResult:
     path = Path(str(answer))
     if not path.is_file():
         return CheckResult(False, f"No file at {path}. Pass the path export_gguf returned.")
-    import gguf
-
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as error:  # not a GGUF file, or a truncated one
+        found = gguf_file_type(path)
+    except Exception as error:  # not a GGUF file, a truncated one, or no type in its header
         return CheckResult(False, f"{path.name} is not a readable GGUF file ({error}).")
-    field = reader.fields.get("general.file_type")
-    if field is None:
-        return CheckResult(False, f"{path.name} has no general.file_type in its header.")
-    found = gguf.LlamaFileType(int(field.parts[field.data[0]][0]))
-    wanted = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind]  # fmt: skip
-    if found != wanted:
-        return CheckResult(False, f"{path.name} is {found.name}, not {wanted.name}: pass "
+    if found != kind:
+        return CheckResult(False, f"{path.name} is {found}, not {kind}: pass "
                                   f"gguf_type={kind!r} to export_gguf.")  # fmt: skip
     if any(path.resolve() == Path(p).resolve() for p in not_these):
         return CheckResult(False, "That is the file section 5 wrote: export one yourself, to "
                                   "another path.")  # fmt: skip
-    tensors = len(reader.tensors)
-    return CheckResult(True, f"{path.name}: {found.name}, {tensors} tensors, "
+    return CheckResult(True, f"{path.name}: {found} (read from its header), "
                              f"{path.stat().st_size / 1e6:.0f} MB. Now run check_gguf on it: "
                              "how many answers match the merged model's?")  # fmt: skip
 
@@ -74,8 +66,8 @@ def trl_recipe(answer, method: str, rank: int, lr: float) -> CheckResult:
     rank `rank` and learning rate `lr`; read from the TRL and peft configurations."""
     if answer is None:
         return NOT_ANSWERED
-    sft, lora = _trl_parts(answer)
-    if sft is None:
+    sft, lora = getattr(answer, "args", None), getattr(answer, "peft_config", None)
+    if not hasattr(sft, "learning_rate"):
         return CheckResult(False, "Pass what to_trl() returned (the TRL and peft settings).")
     if abs(float(sft.learning_rate) - lr) > 1e-12:
         return CheckResult(False, f"The TRL config's learning rate is {sft.learning_rate}, not "
@@ -89,16 +81,3 @@ def trl_recipe(answer, method: str, rank: int, lr: float) -> CheckResult:
                                   '"qlora".')  # fmt: skip
     how = "SFTTrainer(model, args=..., peft_config=...) trains it."
     return CheckResult(True, f"Rank {rank}, learning rate {lr:g}, a 16-bit base: {how}")
-
-
-def _trl_parts(answer):
-    """(SFTConfig, LoraConfig or None) from what to_trl() returned, or (None, None)."""
-    for name in ("sft", "sft_config", "args"):
-        if hasattr(answer, name):
-            sft = getattr(answer, name)
-            lora = next((getattr(answer, n) for n in ("lora", "lora_config", "peft_config")
-                         if hasattr(answer, n)), None)  # fmt: skip
-            return sft, lora
-    if isinstance(answer, tuple) and answer and hasattr(answer[0], "learning_rate"):
-        return answer[0], answer[1] if len(answer) > 1 else None
-    return None, None

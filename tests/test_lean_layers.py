@@ -162,3 +162,20 @@ def test_other_architectures_are_left_alone():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     assert use_lean_layers(model) == []
     assert model.config._attn_implementation != SHORT_ATTENTION
+
+
+def test_full_fine_tuning_under_bf16_autocast_trains_as_without_lean_layers():
+    # Full fine-tuning keeps fp32 weights and computes in bf16 under autocast: rotary
+    # embeddings hand attention an fp32 q beside a bf16 v, and the backward must cope.
+    grads, losses = {}, {}
+    for lean in (False, True):
+        model, tokenizer = load_model(dtype=torch.float32)
+        speed_up_training(model, lean)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[lean] = model(**_batch(tokenizer)).loss
+        losses[lean].backward()
+        grads[lean] = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+    assert losses[True].item() == pytest.approx(losses[False].item(), rel=1e-2)
+    gap = (grads[True] - grads[False]).norm() / grads[False].norm()
+    assert gap < 0.05, f"gradients differ by {gap:.3f} of their norm"

@@ -123,9 +123,15 @@ def _probabilities(qg, k, mask, scale: float, length: int) -> torch.Tensor:
 
 
 class _ShortAttention(torch.autograd.Function):
-    """softmax(q k^T * scale + mask) v with grouped kv heads; saves q, k and v only."""
+    """softmax(q k^T * scale + mask) v with grouped kv heads; saves q, k and v only.
+
+    Under autocast (full fine-tuning keeps fp32 weights and computes in bf16) q may come in
+    fp32 and v in bf16: the backward then runs under the forward's autocast state
+    (`custom_bwd`), so its products take the dtypes the forward's took.
+    """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, q, k, v, mask, scale: float) -> torch.Tensor:
         qg = _grouped(q, k.shape[1])
         probs = _probabilities(qg, k, mask, scale, q.shape[2]).to(q.dtype)
@@ -134,6 +140,7 @@ class _ShortAttention(torch.autograd.Function):
         return torch.matmul(probs, v).view(q.shape)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad: torch.Tensor):
         q, k, v, mask = ctx.saved_tensors
         qg = _grouped(q, k.shape[1])

@@ -120,9 +120,26 @@ class TrainResult:
 
 
 def peak_memory_gb(device: str) -> float:
-    """Peak memory of this process so far: GPU memory allocated on CUDA, else peak RSS (GiB)."""
+    """Peak memory of this process so far: GPU memory allocated on CUDA, else peak RSS (GiB).
+
+    On Linux the peak RSS is the kernel's high-water mark of this process's own memory
+    (VmHWM): `getrusage`'s ru_maxrss would also count the RSS of the process that started
+    this one (Linux keeps it across fork and exec), so a run started from a notebook's
+    kernel would report the kernel's memory as its own.
+    """
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
+    return peak_rss_gb()
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB (VmHWM on Linux, else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
@@ -311,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", help="validation data file, with --train")
     parser.add_argument("--limit", type=int, help="use only the first N training examples")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    reuse = "read back a finished run with the same fingerprint instead of training"
+    parser.add_argument("--reuse", action="store_true", help=reuse)
     args = parser.parse_args(argv)
     config = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
     if args.dataset:
@@ -321,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         validation = list(load_examples(args.validation)) if args.validation else None
     else:
         parser.error("give --dataset NAME or --train FILE")
-    result = train(config, train_examples[: args.limit], validation, resume=args.resume)
+    result = train(config, train_examples[: args.limit], validation, resume=args.resume,
+                   reuse=args.reuse)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.summary())
         print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps}))

@@ -383,3 +383,14 @@ def test_torchrun_two_processes(few, tmp_path):
     train_records = [r for r in records if r["event"] == "train"]
     assert [r["step"] for r in train_records] == [1, 2, 3]
     assert train_records[-1]["epoch"] == pytest.approx(0.75)  # 3 steps x 2 ranks x 2 of 16
+
+
+def test_a_run_started_by_a_big_process_reports_its_own_peak_memory():
+    # Linux keeps ru_maxrss across fork and exec: a run started from a notebook's kernel
+    # would report the kernel's memory. peak_memory_gb reads the process's own high water.
+    ballast = bytearray(3 * 2**30)  # this process now holds 3 GiB more
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touched, so resident
+    code = "from ftkit.training import peak_memory_gb; print(peak_memory_gb('cpu'))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(child.stdout.split()[-1]) < 2.0  # torch and ftkit alone take well under 1 GiB
+    del ballast

@@ -398,3 +398,27 @@ def restrict(result: ApproachResult, examples: Sequence, n_resamples: int = 1000
     tokens = sum(p.prompt_tokens for p in predictions) / len(predictions)
     return replace(result, predictions=predictions, scores=scores, intervals=intervals,
                    prompt_tokens=tokens)  # fmt: skip
+
+
+def class_pairs(result, field: str | None) -> tuple[list[tuple[str, str]], str]:
+    """(reference class, answered class) per prediction, and what the class is called.
+
+    The class is `field` of a JSON answer (default: the task's stratify field, else its first
+    label field; invalid JSON or a missing field answers "<invalid>"), or the answer itself
+    for a label task; a free-text task has none (ValueError).
+    """
+    task = result.task
+    if task.answer == "label":
+        return [(label_form(p.reference), label_form(p.output)) for p in result.predictions], (
+            "label")  # fmt: skip
+    if task.answer == "text":
+        raise ValueError("class_pairs: a free-text task has no classes to confuse.")
+    field = field or (task.stratify if task.stratify in task.label_fields else None)
+    field = field or next(iter(task.label_fields), None)
+    if field is None:
+        raise ValueError("class_pairs: this task's JSON answers have no label field.")
+    pairs = []
+    for prediction in result.predictions:
+        answer = prediction.parsed.get(field) if prediction.parsed else None
+        pairs.append((prediction.expected(field), "<invalid>" if answer is None else str(answer)))
+    return pairs, field

@@ -53,7 +53,7 @@ def _headings(notebook, level: str = "## ") -> list[str]:
 
 
 def test_there_is_a_series_with_solutions():
-    assert [p.name[:2] for p in SERIES] == ["01", "02", "03", "04", "06"]  # 05: issue 22
+    assert [p.name[:2] for p in SERIES] == ["01", "02", "03", "04", "05", "06"]
     for path in SERIES:
         assert (notebooks_dir() / "solutions" / f"{path.stem}_solutions.ipynb").is_file(), path.name
 

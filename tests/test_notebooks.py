@@ -76,6 +76,21 @@ EXPECTED = {
         "image/png",  # the plots
     ],
     "04_prompt_vs_finetune_solutions": ["<b>Correct.</b>"] * 3,
+    "05_iterate": [
+        "lr 1e-05",  # three learning rates, each run read back from its folder
+        "Validation loss at the end:",  # the learning rates compared, computed
+        "Early stopping kept step",  # best against last checkpoint, scored on test
+        "unbalanced:",  # the skewed subset's class counts
+        "rebalanced: recall",  # per-class recall and answer shares, both runs
+        "of the test examples. Trained on the unbalanced",  # the drift, computed
+        "adapter off (4-bit base)",  # the probe with the adapter switched off
+        "The base model passes",  # forgetting, computed
+        "estimate (GPU), GiB",  # full / LoRA / QLoRA beside the estimator
+        "runtime alone",
+        "more parameters than LoRA",
+        "image/png",  # loss curves and confusion matrices
+    ],
+    "05_iterate_solutions": ["<b>Correct.</b>"] * 3,
     "06_use_and_ship": [
         "[ftkit] reusing",  # notebook 03's fine-tune picked up
         "application/vnd.jupyter.widget-view+json",  # the chat
@@ -112,6 +127,13 @@ EXPECTED_VOICE = {
         "**Retrieval.**",
         "scores per size",
         "What prompting did well",
+    ],
+    "05_iterate": [
+        "Validation loss at the end:",
+        "Early stopping kept step",
+        "answers in free text: there are no classes to unbalance",  # said, not crashed
+        "The base model passes",
+        "more parameters than LoRA",
     ],
     "06_use_and_ship": [
         "[ftkit] reusing",

@@ -148,7 +148,7 @@ def series(smoke_series):
 @pytest.mark.notebook
 def test_main_job_prints_progress_summary_and_report(series):
     out, runs, lines = series
-    assert list(runs) == ["01", "02", "03", "04", "06"]
+    assert list(runs) == ["01", "02", "03", "04", "05", "06"]
     run = runs["04"]
     titles = [s.title for s in run.sections]
     assert titles[:3] == ["Setup", "1. A fair test", "2. The fine-tune"]

@@ -241,7 +241,7 @@ def test_the_doctor_reports_a_missing_torch_instead_of_failing():
 def test_the_index_of_names_is_current():
     committed = (notebooks_dir() / INDEX).read_text(encoding="utf-8")
     assert committed == index_markdown(), "run `python -m ftkit.course.index` and commit"
-    assert "| `ftkit.models.load_model` | 01, 02, 03, 06 |" in committed
+    assert "| `ftkit.models.load_model` | 01, 02, 03, 05, 06 |" in committed
 
 
 def test_no_docstring_names_a_notebook_that_teaches_it():

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from ftkit.catalog import GPU, get_gpu
 from ftkit.course.shipping import size_mb
+from ftkit.evaluation import class_pairs
 from ftkit.memory import COMPONENTS, FITS_BELOW, MemoryEstimate
-from ftkit.scoring import label_form
 from ftkit.task import Task
 
 # One colour per memory part, the same in every plot: model state in blues, per-step
@@ -233,10 +233,13 @@ def plot_losses(
     return ax.figure
 
 
-def plot_runs(runs, ax: Axes | None = None) -> Figure:
+def plot_runs(runs, ax: Axes | None = None, log_loss: bool = False) -> Figure:
     """Several runs' loss curves on one plot, one colour per run, to compare versions.
 
     Takes `Run`s (`ftkit.runs.list_runs`), `TrainResult`s, or a dict of label -> either.
+    `log_loss=True` draws the loss on a log scale (plain numbers on its ticks), for runs
+    whose losses differ by orders of magnitude (a learning rate that blew up). With more
+    than two runs the legend sits beside the plot, off the curves.
     """
     if isinstance(runs, Mapping):
         labelled = dict(runs)
@@ -250,7 +253,12 @@ def plot_runs(runs, ax: Axes | None = None) -> Figure:
     colours = ["#1f4e79", "#e6550d", "#31a354", "#756bb1", "#636363", "#de2d26"]
     for i, (label, run) in enumerate(labelled.items()):
         plot_losses(run, ax=ax, label=label, colour=colours[i % len(colours)])
-    ax.set_title(f"{len(labelled)} runs")
+    ax.set_title(f"{len(labelled)} runs" if len(labelled) > 1 else next(iter(labelled)))
+    if log_loss:
+        ax.set_yscale("log")
+        _readable_log_ticks(ax, axis="y")
+    if len(labelled) > 2:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     return ax.figure
 
 
@@ -363,15 +371,16 @@ _KINDS = {  # an approach's model -> (its colour in words, what it is)
 }
 
 
-def _readable_log_ticks(ax: Axes) -> None:
+def _readable_log_ticks(ax: Axes, axis: str = "x") -> None:
     """Plain numbers on a log axis (50, 100, 200), not 10^2, and no crowded minor labels."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
-    ax.xaxis.set_major_formatter(formatter)
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    which.set_major_formatter(formatter)
+    which.set_minor_formatter(NullFormatter())
 
 
 def plot_confusion(result, field: str | None = None, ax: Axes | None = None) -> Figure:
@@ -381,7 +390,7 @@ def plot_confusion(result, field: str | None = None, ax: Axes | None = None) -> 
     The class is `field` of a JSON answer (default: the task's stratify field, else its first
     label field), or the answer itself for a label task; a free-text task has none.
     """
-    pairs, name = _class_pairs(result, field)
+    pairs, name = class_pairs(result, field)
     labels = sorted({truth for truth, _ in pairs})
     extra = sorted({answer for _, answer in pairs} - set(labels))
     columns = labels + extra
@@ -417,25 +426,6 @@ def plot_best_confusions(comparison) -> Figure | None:
     plot_confusion(comparison.best_finetuned, ax=axes[1])
     plt.close(figure)
     return figure
-
-
-def _class_pairs(result, field: str | None) -> tuple[list[tuple[str, str]], str]:
-    """(reference class, answered class) per prediction, and what the class is called."""
-    task = result.task
-    if task.answer == "label":
-        return [(label_form(p.reference), label_form(p.output)) for p in result.predictions], (
-            "label")  # fmt: skip
-    if task.answer == "text":
-        raise ValueError("plot_confusion: a free-text task has no classes to confuse.")
-    field = field or (task.stratify if task.stratify in task.label_fields else None)
-    field = field or next(iter(task.label_fields), None)
-    if field is None:
-        raise ValueError("plot_confusion: this task's JSON answers have no label field.")
-    pairs = []
-    for prediction in result.predictions:
-        answer = prediction.parsed.get(field) if prediction.parsed else None
-        pairs.append((prediction.expected(field), "<invalid>" if answer is None else str(answer)))
-    return pairs, field
 
 
 def _short(label: str, width: int = 24) -> str:

@@ -38,6 +38,7 @@ MARKERS = {
     "comparison-table": "Prompt engineering versus fine-tuning",
     "verdict": "The verdict",
     "samples": "Sample answers side by side",
+    "iterate": "Change one thing, retrain, measure",  # notebook 05: its tables and verdicts
     "exports": "Your model, exported and loaded back",  # notebook 06: links to the files
 }
 

@@ -24,6 +24,7 @@ from ftkit.course.check.nb04 import (
     macro_f1_by_hand,
     prompt_token_savings,
 )
+from ftkit.course.check.nb05 import lora_rank, patience, warmup_rescue
 from ftkit.course.check.nb06 import compared_in_chat, gguf_of_type, trl_recipe
 
 __all__ = [
@@ -40,12 +41,15 @@ __all__ = [
     "finetune_margin",
     "gguf_of_type",
     "largest_qlora_batch",
+    "lora_rank",
     "lora_trainable_params",
     "macro_f1_by_hand",
     "nf4_bits_per_param",
+    "patience",
     "prompt_token_savings",
     "t4_dtype",
     "trained_token_count",
     "trl_recipe",
+    "warmup_rescue",
     "when_to_finetune",
 ]

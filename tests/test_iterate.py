@@ -1,0 +1,122 @@
+"""Notebook 05's data changes and measurements, on the shipped data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ftkit.baseline import classical_baseline
+from ftkit.config import TrainConfig, TrainingError
+from ftkit.course import check
+from ftkit.course.iterating import bias_table_html
+from ftkit.iterate import (
+    answer_shares,
+    class_counts,
+    class_recall,
+    rebalanced,
+    skewed,
+    train_apart,
+)
+from ftkit.task_data import load_task_data
+from ftkit.training import train
+
+
+@pytest.fixture(scope="module")
+def tickets():
+    return load_task_data("support_tickets")
+
+
+def test_a_skewed_subset_has_the_shares_asked_for(tickets):
+    subset = skewed(tickets.train, "category", 96, "bug", 0.6, "cancellation", 2, seed=0)
+    counts = class_counts(subset, "category")
+    assert len(subset) == 96 and counts["bug"] == 58 and counts["cancellation"] == 2
+    assert sorted(counts.values()) == [2, 9, 9, 9, 9, 58]  # the other four share the rest
+    assert len({id(e) for e in subset}) == 96  # drawn without repeats
+    assert skewed(tickets.train, "category", 96, "bug", 0.6, "cancellation", 2, seed=0) == subset
+
+
+def test_skewed_names_what_it_cannot_do(tickets):
+    with pytest.raises(ValueError, match="no class 'refund'"):
+        skewed(tickets.train, "category", 96, "refund")
+    with pytest.raises(ValueError, match="600 examples of 'bug' wanted, 167 exist"):
+        skewed(tickets.train, "category", 1000, "bug", 0.6)
+
+
+def test_rebalancing_keeps_the_budget_and_evens_the_classes(tickets):
+    subset = skewed(tickets.train, "category", 96, "bug", 0.6, "cancellation", 2)
+    balanced = rebalanced(subset, "category")
+    assert len(balanced) == 96
+    assert set(class_counts(balanced, "category").values()) == {16}
+    rare = [e for e in balanced if e.meta["category"] == "cancellation"]
+    assert len({id(e) for e in rare}) == 2  # the two rare examples, repeated 8 times each
+
+
+def test_recall_and_answer_shares_match_the_predictions(tickets):
+    result = classical_baseline(tickets.train, tickets.test, tickets.task)
+    recall = class_recall(result, "category")
+    shares = answer_shares(result, "category")
+    assert set(recall) == set(class_counts(tickets.test, "category"))
+    assert sum(n for _, n in recall.values()) == len(tickets.test)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    right = sum(share * n for share, n in recall.values())
+    assert right / len(tickets.test) == pytest.approx(result.scores["category_accuracy"])
+
+
+def _tiny(tmp_path, **changes) -> TrainConfig:
+    settings = {"max_steps": 1, "batch_size": 2, "eval_steps": 1, "save_steps": 1,
+                "logging_steps": 1, "runs_dir": str(tmp_path), "lr": 3e-2}  # fmt: skip
+    return TrainConfig(**(settings | changes))
+
+
+def test_train_apart_trains_in_a_fresh_process_and_reuses_the_run(tmp_path, tickets):
+    config = _tiny(tmp_path, run_name="apart")
+    run = train_apart(config, tickets.train[:4], tickets.validation[:2])
+    assert run.result["status"] == "finished" and run.result["steps"] == 1
+    assert 0.2 < run.result["peak_memory_gb"] < 4  # that process's own peak, not pytest's
+    written = (run.path / "result.json").stat().st_mtime_ns
+    again = train_apart(config, tickets.train[:4], tickets.validation[:2])  # same fingerprint
+    assert again.result == run.result
+    assert (run.path / "result.json").stat().st_mtime_ns == written  # read back, not retrained
+    with pytest.raises(TrainingError, match=r"in a fresh process failed \(exit 1\)"):
+        train_apart(replace(config, run_name="broken", max_length=8), tickets.train[:4])
+
+
+def test_exercise_checks_read_the_run_the_learner_trained(tmp_path, tickets):
+    data, validation = tickets.train[:4], tickets.validation[:2]
+    runs = {
+        "too-high": _tiny(tmp_path, run_name="too-high"),
+        "good": _tiny(tmp_path, run_name="good", lr=3e-3),
+        "one": _tiny(tmp_path, run_name="one", warmup_ratio=0.5),
+        "two": _tiny(tmp_path, run_name="two", warmup_ratio=0.5, lr=1e-2),
+    }
+    for config in runs.values():
+        train(config, data, validation)
+    train(_tiny(tmp_path, run_name="other-data", warmup_ratio=0.5), tickets.train[4:8], validation)
+    assert not check.warmup_rescue(None, tmp_path, "too-high", "good")
+    assert (
+        "No run 'missing'" in check.warmup_rescue("missing", tmp_path, "too-high", "good").message
+    )
+    two = check.warmup_rescue("two", tmp_path, "too-high", "good")
+    assert not two and "also changed lr: 0.03 -> 0.01" in two.message
+    other = check.warmup_rescue("other-data", tmp_path, "too-high", "good")
+    assert not other and "other data" in other.message
+    same = check.warmup_rescue("too-high", tmp_path, "too-high", "good")
+    assert not same and "same settings" in same.message
+    one = check.warmup_rescue("one", tmp_path, "too-high", "good")
+    assert one and "changed warmup_ratio only, to 0.5" in one.message
+    loss = json.loads((tmp_path / "one" / "result.json").read_text())["val_loss"]
+    assert f"{loss:.3f}" in one.message  # the run's own number
+    rank = check.lora_rank("one", tmp_path, "too-high")
+    assert not rank and "warmup_ratio" in rank.message
+
+
+def test_the_bias_table_counts_every_test_example_and_escapes_names(tickets):
+    result = classical_baseline(tickets.train, tickets.test, tickets.task)
+    table = bias_table_html({"<skewed>": result}, "category", tickets.test, "bug", "cancellation")
+    assert "&lt;skewed&gt;: recall" in table and "<skewed>" not in table
+    assert "bug (majority)" in table and "cancellation (rare)" in table
+    assert table.count("<tr>") == 1 + len(class_counts(tickets.test, "category"))
+    recall = class_recall(result, "category")["bug"][0]
+    assert f"<td>bug (majority)</td><td>46</td><td>{100 * recall:.0f}%</td>" in table

@@ -13,7 +13,8 @@ fully fine-tuned model, and shows how much each keeps::
 The probe (`datasets/general_probe/probe.jsonl`, its README says how it was written) has
 four kinds of question: arithmetic, capitals, short instructions, and open questions that
 want a few sentences of plain prose. Each item carries its check as data: parsed, never
-executed (`CHECKS` lists what a check may say).
+executed (`CHECKS` lists what a check may say). Each line is also a chat example (the
+question and a reference answer), so the file loads as a dataset like the others.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ProbeItem:
     kind: str  # one of KINDS
     prompt: str  # asked as the only user message, no system prompt
     check: dict  # one key of CHECKS and its value
+    reference: str = ""  # a right answer (the file is a chat dataset too), passing `check`
 
 
 def load_probe(path: str | Path = PROBE, per_kind: int | None = None) -> list[ProbeItem]:
@@ -72,10 +74,12 @@ def load_probe(path: str | Path = PROBE, per_kind: int | None = None) -> list[Pr
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ProbeError(f"{where}: not JSON ({error.msg}). One object per line.") from None
-        missing = [key for key in ("id", "kind", "prompt", "check") if key not in row]
+        missing = [key for key in ("id", "kind", "messages", "check") if key not in row]
         if missing:
-            raise ProbeError(f"{where}: missing {missing}; an item needs id, kind, prompt, check.")
-        check = row["check"]
+            raise ProbeError(
+                f"{where}: missing {missing}; an item needs id, kind, messages, check."
+            )
+        check, messages = row["check"], row["messages"]
         if row["kind"] not in KINDS:
             raise ProbeError(f"{where}: kind {row['kind']!r} is not one of {KINDS}.")
         if not isinstance(check, dict) or len(check) != 1 or next(iter(check)) not in CHECKS:
@@ -83,7 +87,14 @@ def load_probe(path: str | Path = PROBE, per_kind: int | None = None) -> list[Pr
                 f"{where}: check must be one of {sorted(CHECKS)} with its value, "
                 f'e.g. {{"contains": ["Paris"]}}; got {check!r}.'
             )
-        items.append(ProbeItem(row["id"], row["kind"], row["prompt"], check))
+        roles = [m.get("role") for m in messages] if isinstance(messages, list) else None
+        if roles != ["user", "assistant"] or not all(
+            isinstance(m.get("content"), str) for m in messages
+        ):
+            raise ProbeError(f"{where}: messages must be a user question and an assistant "
+                             "answer (the reference), as in a chat dataset.")  # fmt: skip
+        items.append(ProbeItem(row["id"], row["kind"], messages[0]["content"], check,
+                               messages[1]["content"]))  # fmt: skip
     if per_kind is not None:
         kept = {kind: [i for i in items if i.kind == kind][:per_kind] for kind in KINDS}
         items = [i for i in items if i in kept[i.kind]]

@@ -19,6 +19,7 @@ from ftkit.forgetting import (
     run_probe,
 )
 from ftkit.models import load_model
+from ftkit.task_data import load_task_data
 
 
 def test_the_shipped_probe_has_every_kind_and_valid_checks():
@@ -26,6 +27,8 @@ def test_the_shipped_probe_has_every_kind_and_valid_checks():
     assert len(items) == 40 and len({i.id for i in items}) == 40
     assert {i.kind for i in items} == set(KINDS)
     assert all(next(iter(i.check)) in CHECKS for i in items)
+    assert all(passes(i, i.reference) for i in items)  # every reference answer passes its check
+    assert load_task_data("general_probe").task.answer == "text"  # a chat dataset as well
     smoke = load_probe(per_kind=2)
     assert len(smoke) == 2 * len(KINDS) and all(i in items for i in smoke)
 
@@ -34,18 +37,24 @@ def test_the_shipped_probe_has_every_kind_and_valid_checks():
     ("line", "said"),
     [
         ("{not json", "not JSON"),
-        ('{"id": "a", "kind": "capital", "prompt": "?"}', "missing ['check']"),
-        ('{"id": "a", "kind": "poetry", "prompt": "?", "check": {"prose": true}}', "kind 'poetry'"),
-        ('{"id": "a", "kind": "capital", "prompt": "?", "check": {"eval": "1+1"}}', "check must"),
+        ('{"id": "a", "kind": "capital", "messages": []}', "missing ['check']"),
+        (
+            '{"id": "a", "kind": "poetry", "messages": [], "check": {"prose": true}}',
+            "kind 'poetry'",
+        ),
+        ('{"id": "a", "kind": "capital", "messages": [], "check": {"eval": "1+1"}}', "check must"),
+        (
+            '{"id": "a", "kind": "capital", "messages": [], "check": {"prose": true}}',
+            "messages must",
+        ),
     ],
 )
 def test_a_malformed_probe_names_the_file_and_line(tmp_path, line, said):
-    good = {
-        "id": "ok",
-        "kind": "capital",
-        "prompt": "Capital of Peru?",
-        "check": {"contains": ["Lima"]},
-    }
+    chat = [
+        {"role": "user", "content": "Capital of Peru?"},
+        {"role": "assistant", "content": "Lima"},
+    ]
+    good = {"id": "ok", "kind": "capital", "messages": chat, "check": {"contains": ["Lima"]}}
     path = tmp_path / "probe.jsonl"
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(ProbeError, match=rf"probe.jsonl:2: .*{re.escape(said)}"):

@@ -270,7 +270,7 @@ def test_saved_task_data_loads_back_the_same(tmp_path):
 
 
 def test_an_unknown_dataset_names_the_shipped_ones():
-    shipped = r"brand_voice, messy_tickets, quillo_faq, support_tickets"
+    shipped = r"brand_voice, general_probe, messy_tickets, quillo_faq, support_tickets"
     with pytest.raises(FileNotFoundError, match=shipped):
         load_task_data("suport_tickets")
 

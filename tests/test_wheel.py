@@ -78,6 +78,7 @@ def test_the_wheel_carries_every_shipped_dataset(installed):
     assert found["sizes"]["support_tickets"] == {"train": 640, "validation": 120, "test": 160}
     assert found["sizes"]["brand_voice"] == {"train": 480, "validation": 80, "test": 120}
     assert sum(found["sizes"]["messy_tickets"].values()) == 14  # the rows a lenient load keeps
+    assert sum(found["sizes"]["general_probe"].values()) == 40  # notebook 05's probe
     assert (
         found["tasks"]["support_tickets"][0] == "json"
         and found["tasks"]["brand_voice"][0] == "text"

@@ -3,11 +3,13 @@
 #               (make main DATA=your.jsonl: on your data, checked and split first)
 #   make test   set up .venv and run the whole test suite (what .ci/run calls)
 #
-# TORCH_SPEC pins the CPU wheel these course machines carry. On a CUDA machine:
-#   make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+# TORCH_SPEC is the torch build for this machine, chosen by ftkit/torch_install.py: a local
+# torch wheel if pip has one (these course machines' CPU wheel, torch==2.13.0), PyPI's CUDA
+# build with an NVIDIA GPU, else the CPU build (on Linux from PyTorch's CPU index: no CUDA
+# downloads). `make torch` prints the choice and why; set TORCH_SPEC to override it.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= $(shell $(PYTHON) -m ftkit.torch_install)
 # CONSTRAINTS pins every other package to the versions CI tested (`make constraints` writes
 # it from a venv that passed `make test`); `make latest` runs the suite without it.
 CONSTRAINTS ?= constraints.txt
@@ -18,9 +20,12 @@ STAMP := $(VENV)/.ftkit-setup
 DRIFTING := transformers peft bitsandbytes accelerate trl datasets evaluate gguf huggingface-hub
 LATEST_VENV ?= .venv-latest
 
-.PHONY: setup main test lint format clean constraints latest
+.PHONY: setup main test lint format clean constraints latest torch
 
 setup: $(STAMP)
+
+torch:
+	@$(PYTHON) -m ftkit.torch_install --why
 
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)

@@ -26,6 +26,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from IPython.utils.text import DollarFormatter
 
+from ftkit.course.colab import install_source
 from ftkit.course.notebooks import notebooks_dir, series_notebooks, solution_notebooks
 
 SERIES = series_notebooks()
@@ -170,7 +171,7 @@ def test_environment_cell_installs_nothing_outside_colab(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "ftkit_source, pip_args",
     [
-        (None, ["ftkit"]),
+        (None, [install_source()]),  # the repository the badge opened the notebook from
         ("-e git+https://example.org/ftkit.git#egg=ftkit",
          ["-e", "git+https://example.org/ftkit.git#egg=ftkit"]),
         ("/content/ftkit-0.1.0-py3-none-any.whl", ["/content/ftkit-0.1.0-py3-none-any.whl"]),

@@ -23,10 +23,20 @@ def _split(requirement: str) -> tuple[str, str]:
     return CONDA_NAMES.get(name, name), match.group(2).replace(" ", "")
 
 
+def requirements(project: dict, *extras: str) -> list[str]:
+    """The default requirements and those of `extras`, without ftkit's own extras (the test
+    extra names `ftkit[course]`)."""
+    listed = project["dependencies"] + [
+        r for e in extras for r in project["optional-dependencies"][e]
+    ]
+    return [r for r in listed if _split(r)[0] != "ftkit"]
+
+
 def drift(pyproject_text: str, environment_text: str) -> set[tuple[str, str]]:
-    """Requirements in one file but not, with the same specifier, in the other."""
+    """Requirements in one file (pyproject: default, course and test) but not, with the same
+    specifier, in the other."""
     project = tomllib.loads(pyproject_text)["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    wanted = requirements(project, "course", "test")
     env = yaml.safe_load(environment_text)["dependencies"]
     pip = next(d["pip"] for d in env if isinstance(d, dict))
     listed = [d for d in env if isinstance(d, str)] + pip
@@ -65,8 +75,11 @@ def test_ci_calls_the_readme_test_command():
     assert [line for line in commands if line.strip()] == ["make test"]
 
 
-def test_torch_pinned_for_these_machines():
-    assert "TORCH_SPEC ?= torch==2.13.0" in (ROOT / "Makefile").read_text()
+def test_torch_is_chosen_per_machine():
+    """The Makefile asks ftkit.torch_install (tests/test_torch_install.py runs it per machine)."""
+    assert (
+        "TORCH_SPEC ?= $(shell $(PYTHON) -m ftkit.torch_install)" in (ROOT / "Makefile").read_text()
+    )
 
 
 CONSTRAINTS = ROOT / "constraints.txt"
@@ -89,9 +102,7 @@ def test_constraints_pin_every_dependency_within_pyproject():
 
     pins = _pins(CONSTRAINTS.read_text())
     project = tomllib.loads(PYPROJECT)["project"]
-    wanted = dict(
-        _split(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
-    )
+    wanted = dict(_split(r) for r in requirements(project, "course", "test"))
     assert "torch" not in pins
     unpinned = sorted(set(wanted) - set(pins) - {"torch", "setuptools"})
     assert unpinned == [], f"make constraints should pin {unpinned}"

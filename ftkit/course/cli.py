@@ -47,7 +47,24 @@ def _notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_runner_packages() -> list[str]:
+    """The packages of the course extra that the headless runner needs and cannot import."""
+    import importlib.util
+
+    needed = ("papermill", "nbclient", "ipykernel")  # ipykernel: the kernel it starts
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 def _run(args: argparse.Namespace) -> int:
+    if missing := missing_runner_packages():
+        print(
+            f"[ftkit] `ftkit run` executes the notebooks headless with {' and '.join(missing)}, "
+            "which come with the course extra and are not installed here. Run\n"
+            "    pip install 'ftkit[course]'\n"
+            "(or open the notebooks in your own Jupyter: `ftkit notebooks DEST`).",
+            file=sys.stderr,
+        )
+        return 3
     # deferred: papermill and nbclient load in seconds, and `ftkit doctor` must not wait
     from ftkit.course.runner import NotebookFailed, prepare_dataset, run_series
 

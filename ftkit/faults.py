@@ -48,12 +48,15 @@ def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str 
             " smaller model."
         )
 
-    def gib(**change) -> str:
+    def total(model=info, **change) -> float:
         setup = {"method": config.method, "batch_size": config.batch_size,
                  "max_length": config.max_length, "precision": precision,
                  "gradient_checkpointing": config.gradient_checkpointing,
                  "lora_r": config.lora_r} | change  # fmt: skip
-        return f"{estimate_memory(info, **setup).total:.1f} GiB"
+        return estimate_memory(model, **setup).total
+
+    def gib(**change) -> str:
+        return f"{total(**change):.1f} GiB"
 
     card = f" on a {gpu_memory_gb:.1f} GiB GPU" if gpu_memory_gb else ""
     options = []
@@ -70,9 +73,13 @@ def oom_advice(config: TrainConfig, gpu_memory_gb: float | None, precision: str 
         options.append(f"gradient_checkpointing=True: {gib(gradient_checkpointing=True)}")
     if config.method != "qlora":
         options.append(f"method='qlora' (4-bit base): {gib(method='qlora')}")
-    smaller = [m for m in list_models() if m.params < info.params]
-    if smaller:
-        options.append(f"a smaller model, {smaller[-1].name}: "
-                       f"{estimate_memory(smaller[-1], config.method, config.batch_size, config.max_length, precision).total:.1f} GiB")  # noqa: E501  # fmt: skip
+    # The nearest smaller model that also needs less memory: fewer parameters alone can
+    # mean more (Gemma 3's 262k vocabulary makes its logits outweigh a larger model's).
+    now = total()
+    lighter = [(m, total(m)) for m in list_models() if m.params < info.params]
+    lighter = [(m, gib_needed) for m, gib_needed in lighter if gib_needed < now]
+    if lighter:
+        model, needed = lighter[-1]
+        options.append(f"a smaller model, {model.name}: {needed:.1f} GiB")
     lines = "\n".join(f"  - {option}" for option in options)
     return f"{head} ftkit's estimate for this setup: {gib()}{card}. Try, in order:\n{lines}"

@@ -23,6 +23,8 @@ Sources, cited where each term is computed:
             fine-tuning case here, before activations.
 The per-layer activations match torch's saved-tensor hooks on SmolLM2-135M with peft to
 within 0.3%; the totals are calibrated against published measurements in tests/test_memory.py.
+Qwen3's and Gemma 3's per-head q/k RMSNorms and Gemma's four norms per layer add what the
+same hooks measure on frozen layers: 4 bytes per q and k value, and 4 per hidden value per norm.
 """
 
 from __future__ import annotations
@@ -256,7 +258,10 @@ class _Setup:
         h, f, d = info.hidden_size, info.intermediate_size, info.attention_head_dim
         q, kv = info.num_heads * d, info.num_kv_heads * d
         padded = self.batch_size > 1  # padding mask: k, v repeated to all heads, mask per layer
-        total = 2 * 4 * h * (2 if self.full else 1)  # RMSNorms keep fp32 copies (+ outputs)
+        upcast = 2 if self.full else 1  # RMSNorms keep fp32 copies (+ outputs when trained)
+        total = info.norms_per_layer * 4 * h * upcast  # Gemma 2 and 3: four, not two
+        if info.qk_norm:  # Qwen3, Gemma 3: per-head norms on q and k, and their rsqrt
+            total += 4 * (q + kv) * upcast + 4 * (info.num_heads + info.num_kv_heads)
         total += p * (2 * q + 2 * (q if padded else kv)) + 4 * info.num_heads  # SDPA q,k,v,out
         total += p * self.max_length if padded else 0  # SDPA's float copy of the bool mask
         total += 3 * p * f  # SwiGLU keeps the gate output, its activation and the up output

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from ftkit.catalog import (
@@ -9,9 +13,11 @@ from ftkit.catalog import (
     GPUS,
     ModelInfo,
     UnknownModelError,
+    architecture_config,
     get_model_info,
     list_models,
 )
+from ftkit.memory import estimate_memory, fit_verdict
 
 MODELS = list_models()
 
@@ -20,8 +26,84 @@ MODELS = list_models()
 def test_params_match_the_architecture(model: ModelInfo) -> None:
     """Embeddings + linear layers account for all parameters but norms and biases (<0.1%)."""
     rest = model.params - model.embedding_params - model.linear_params
-    norms = (2 * model.num_layers + 1) * model.hidden_size
+    per_layer = model.norms_per_layer * model.hidden_size
+    per_layer += 2 * model.attention_head_dim if model.qk_norm else 0  # one q and one k norm
+    norms = model.num_layers * per_layer + model.hidden_size  # + the final norm
     assert norms <= rest < 0.001 * model.params
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
+def test_architecture_config_builds_the_catalog_model(model: ModelInfo) -> None:
+    """The published architecture, built on the meta device (no memory, no download), has
+    exactly the catalog's parameter count, linear layer names and shapes, and norms."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if model.model_type not in transformers.CONFIG_MAPPING:
+        pytest.skip(f"transformers {transformers.__version__} has no {model.model_type!r}")
+    with torch.device("meta"):
+        built = transformers.AutoModelForCausalLM.from_config(architecture_config(model))
+    assert built.num_parameters() == model.params
+    layer = built.model.layers[0]
+    modules = list(layer.named_modules())
+    linears = {
+        name.rsplit(".", 1)[-1]: (module.in_features, module.out_features)
+        for name, module in modules
+        if isinstance(module, torch.nn.Linear)
+    }
+    assert linears == model.linear_shapes()
+    norms = [name for name, module in modules if type(module).__name__.endswith("RMSNorm")]
+    assert len(norms) == model.norms_per_layer + (2 if model.qk_norm else 0)
+
+
+def test_architecture_config_takes_overrides_for_smaller_test_models() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = architecture_config("qwen3-0.6b", num_hidden_layers=2)
+    assert isinstance(config, transformers.Qwen3Config)
+    assert (config.num_hidden_layers, config.head_dim, config.hidden_size) == (2, 128, 1024)
+    assert architecture_config("Qwen/Qwen3-0.6B").num_hidden_layers == 28  # hub ids work too
+    gemma = architecture_config("gemma-3-270m-it", num_hidden_layers=2)
+    assert gemma.sliding_window == 512 and len(gemma.layer_types) == 2
+    phi = architecture_config("phi-4-mini-instruct", vocab_size=1024, num_hidden_layers=1)
+    assert phi.vocab_size == 1024 and phi.pad_token_id is None  # 32000 would be out of range
+    assert phi.partial_rotary_factor == 0.75
+    with pytest.raises(UnknownModelError):
+        architecture_config("qwen3-0.7b")
+
+
+def test_catalog_imports_no_transformers_or_torch() -> None:
+    """architecture_config imports transformers when called, not when the catalog loads."""
+    code = "import sys, ftkit.catalog; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+T4_CLAIM = re.compile(r"Colab T4 QLoRA: (.*)$")
+
+
+def _t4_claim(model: ModelInfo) -> str:
+    """What the notes say about QLoRA on a Colab T4, recomputed with ftkit.memory: the largest
+    batch that fits "t4-16gb" with the model picker's other defaults, in fp16 (a T4's dtype)."""
+    verdicts = {
+        batch: fit_verdict(
+            estimate_memory(model, "qlora", batch_size=batch, max_length=512, precision="fp16"),
+            "t4-16gb",
+        )
+        for batch in (1, 2, 4, 8, 16)
+    }
+    fitting = [batch for batch, verdict in verdicts.items() if verdict == "fits"]
+    if not fitting:
+        return f"{verdicts[1]} at batch 1, 512 tokens"
+    if max(fitting) == 1:
+        return "fits at batch 1 only, 512 tokens"
+    return f"fits up to batch {max(fitting)} at 512 tokens"
+
+
+CLAIMED = [m for m in MODELS if T4_CLAIM.search(m.notes)]
+
+
+@pytest.mark.parametrize("model", CLAIMED, ids=[m.name for m in CLAIMED])
+def test_notes_t4_verdict_is_the_estimators(model: ModelInfo) -> None:
+    assert T4_CLAIM.search(model.notes).group(1) == _t4_claim(model)
 
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
@@ -30,6 +112,7 @@ def test_record_is_well_formed(model: ModelInfo) -> None:
     assert model.name == model.name.lower() and model.hub_id.count("/") == 1
     assert model.num_heads % model.num_kv_heads == 0
     assert model.chat_template in {"chatml", "llama3", "phi3", "mistral", "gemma", "none"}
+    assert model.model_type and model.model_type == model.model_type.lower()
     assert model.context_length >= 4096 and model.notes
 
 
@@ -73,7 +156,7 @@ def test_unknown_name_suggests_and_explains() -> None:
 
 def test_list_models_is_sorted_smallest_first() -> None:
     sizes = [m.params for m in MODELS]
-    assert sizes == sorted(sizes) and len(MODELS) == len(CATALOG) >= 14
+    assert sizes == sorted(sizes) and len(MODELS) == len(CATALOG) >= 24
 
 
 def test_shapes_follow_gqa_head_dim_and_fused_layers() -> None:
@@ -84,6 +167,32 @@ def test_shapes_follow_gqa_head_dim_and_fused_layers() -> None:
     phi = get_model_info("phi-3.5-mini-instruct").linear_shapes()
     assert set(phi) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert phi["qkv_proj"] == (3072, 3 * 3072) and phi["gate_up_proj"] == (3072, 2 * 8192)
+    phi4 = get_model_info("phi-4-mini-instruct").linear_shapes()  # fused, and 24 q / 8 kv heads
+    assert phi4["qkv_proj"] == (3072, 3072 + 2 * 8 * 128) and phi4["o_proj"] == (3072, 3072)
+    qwen3 = get_model_info("qwen3-0.6b").linear_shapes()
+    assert qwen3["q_proj"] == (1024, 16 * 128) and qwen3["o_proj"] == (2048, 1024)  # head_dim 128
+    gemma3 = get_model_info("gemma-3-270m-it").linear_shapes()
+    assert gemma3["q_proj"] == (640, 4 * 256) and gemma3["k_proj"] == (640, 256)  # one kv head
+
+
+def test_norms_follow_the_architecture() -> None:
+    """Qwen3 and Gemma 3 normalise each query and key head; Gemma keeps four norms a layer."""
+    qwen3, gemma3 = get_model_info("qwen3-8b"), get_model_info("gemma-3-4b-it")
+    assert qwen3.qk_norm and gemma3.qk_norm and not get_model_info("qwen2.5-7b-instruct").qk_norm
+    assert (qwen3.norms_per_layer, gemma3.norms_per_layer) == (2, 4)
+    assert get_model_info("gemma-2-2b-it").norms_per_layer == 4
+
+
+def test_new_models_carry_their_licences_and_gating() -> None:
+    for name in ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "smollm3-3b"):
+        info = get_model_info(name)
+        assert (info.licence, info.gated, info.chat_template) == ("Apache-2.0", False, "chatml")
+    gemma_terms = ("Gemma Terms of Use", True, "gemma")
+    for name in ("gemma-3-270m-it", "gemma-3-1b-it", "gemma-3-4b-it"):
+        info = get_model_info(name)
+        assert (info.licence, info.gated, info.chat_template) == gemma_terms
+    phi4 = get_model_info("phi-4-mini-instruct")
+    assert (phi4.licence, phi4.fused_projections, phi4.tied_embeddings) == ("MIT", True, True)
 
 
 @pytest.mark.parametrize(

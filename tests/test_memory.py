@@ -39,7 +39,7 @@ import pytest
 
 import ftkit.catalog
 import ftkit.memory
-from ftkit.catalog import GPU, ModelInfo, get_model_info
+from ftkit.catalog import GPU, ModelInfo, architecture_config, get_model_info
 from ftkit.memory import (
     GIB,
     NF4_BYTES_PER_PARAM,
@@ -263,6 +263,58 @@ def test_fused_projections_change_the_lora_count() -> None:
     per_layer = (3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072)  # in + out
     assert phi.lora_params(16, "all-linear") == 32 * 16 * per_layer
     assert phi.lora_params(16, "all-linear") < unfused.lora_params(16, "all-linear")
+
+
+def _kept_bytes_per_token(info: ModelInfo, tokens: int, **overrides) -> float:
+    """What autograd keeps for the backward pass of a frozen bf16 model whose input needs
+    gradients (as under LoRA), per token: torch's saved-tensor hooks, parameters excluded."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = architecture_config(info, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.requires_grad_(False)
+    model.enable_input_require_grads()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, info.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids)
+    return sum(kept.values()) / tokens
+
+
+def test_qk_norms_and_gemma_norms_cost_what_autograd_keeps() -> None:
+    """Qwen3's and Gemma 3's per-head q/k RMSNorms keep fp32 copies of q and k; Gemma's two
+    extra norms a layer keep fp32 copies of the hidden states. One small layer of each,
+    same shapes, measured with saved-tensor hooks: the estimate's difference is the kept one."""
+    tokens = 512
+    qwen3 = dataclasses.replace(
+        get_model_info("qwen3-0.6b"), hidden_size=256, num_layers=1, intermediate_size=512,
+        num_heads=4, num_kv_heads=2, head_dim=64, vocab_size=512,
+    )  # fmt: skip
+    plain = dataclasses.replace(qwen3, model_type="llama")  # no q/k norms
+    gemma3 = dataclasses.replace(qwen3, model_type="gemma3_text")  # q/k norms, four norms
+
+    def estimated(info: ModelInfo) -> float:
+        setup = {"max_length": tokens, "precision": "bf16", "gradient_checkpointing": False}
+        return estimate_memory(info, "qlora", **setup).activations * GIB / tokens
+
+    measured = {
+        info.model_type: _kept_bytes_per_token(info, tokens, **extra)
+        for info, extra in ((plain, {}), (qwen3, {}), (gemma3, {"layer_types": ["full_attention"]}))
+    }  # fmt: skip
+    qk = measured["qwen3"] - measured["llama"]
+    assert estimated(qwen3) - estimated(plain) == pytest.approx(qk, rel=0.02)
+    assert qk == pytest.approx(4 * (4 + 2) * 64, rel=0.02)  # 4 bytes per q and k value
+    sandwich = measured["gemma3_text"] - measured["qwen3"]
+    assert estimated(gemma3) - estimated(qwen3) == pytest.approx(sandwich, rel=0.02)
+    assert sandwich == pytest.approx(2 * 4 * 256, rel=0.02)  # two more fp32 hidden copies
 
 
 @pytest.mark.parametrize(

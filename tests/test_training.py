@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -394,3 +395,15 @@ def test_a_run_started_by_a_big_process_reports_its_own_peak_memory():
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(child.stdout.split()[-1]) < 2.0  # torch and ftkit alone take well under 1 GiB
     del ballast
+
+
+def test_oom_advice_suggests_a_smaller_model_that_needs_less_memory():
+    """Fewer parameters can need more memory (a 262k vocabulary's logits): the suggestion is
+    the nearest smaller model whose estimate is below the failing setup's."""
+    config = TrainConfig(model="smollm2-360m-instruct", method="qlora", batch_size=8,
+                         max_length=512)  # fmt: skip
+    message = oom_advice(config, gpu_memory_gb=4.0)
+    suggested = re.search(r"a smaller model, (\S+): ([\d.]+) GiB", message)
+    assert suggested and suggested.group(1) == "smollm2-135m-instruct"  # not gemma-3-270m-it
+    now = float(re.search(r"estimate for this setup: ([\d.]+) GiB", message).group(1))
+    assert float(suggested.group(2)) < now

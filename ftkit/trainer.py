@@ -31,6 +31,7 @@ scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import time
@@ -313,7 +314,6 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
     """An `FtkitTrainer` with ftkit's callbacks; metrics.jsonl cut back to the checkpoint."""
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.utils.notebook import NotebookProgressCallback
 
     train_items, val_items = data
     args = training_arguments(config, run_dir, precision, val_items is not None, quiet)
@@ -339,7 +339,12 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
     )
     trainer.ftkit_logger = logger
     if quiet:  # the monitor shows progress instead
-        for progress in (ProgressCallback, PrinterCallback, NotebookProgressCallback):
+        progress_bars = [ProgressCallback, PrinterCallback]
+        if importlib.util.find_spec("IPython") is not None:  # transformers' notebook bar needs it
+            from transformers.utils.notebook import NotebookProgressCallback
+
+            progress_bars.append(NotebookProgressCallback)
+        for progress in progress_bars:
             trainer.remove_callback(progress)
     return trainer
 

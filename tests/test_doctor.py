@@ -109,7 +109,7 @@ def test_a_gpu_behind_a_cpu_only_torch_gets_the_cuda_wheel_command():
     assert rows["cuda"].fix.endswith(cuda_wheel_command())
     assert cuda_wheel_command() == (
         f"{sys.executable} -m pip install --force-reinstall torch "
-        "--index-url https://download.pytorch.org/whl/cu124"
+        "--index-url https://download.pytorch.org/whl/cu130"
     )
     assert rows["track"].value.startswith("CPU: torch cannot use the NVIDIA GeForce RTX 3060 yet")
 

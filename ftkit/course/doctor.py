@@ -46,7 +46,9 @@ MIN_FREE_RAM_GB = 5.0  # notebook 03 peaked at 4.8 GiB on the CPU track; less wi
 MIN_TOTAL_RAM_GB = 6.0  # below this, closing programs cannot free enough: use Colab
 MIN_FREE_DISK_GB = 2.0  # the converted embedded model (0.5 GiB) plus runs and checkpoints
 NF4_MIN_CAPABILITY = (7, 0)  # bitsandbytes' 4-bit CUDA kernels need Volta or newer
-CUDA_WHEELS = "https://download.pytorch.org/whl/cu124"  # the README's CUDA build of torch
+# PyTorch's CUDA 13.0 builds: the build the 2026 GPU test machine's torch (2.11.0+cu130) came
+# from (benchmarks/RESULTS.md, 2026-12-04); CUDA 13 drivers run it.
+CUDA_WHEELS = "https://download.pytorch.org/whl/cu130"
 CPU_WHEELS = "https://download.pytorch.org/whl/cpu"  # torch without CUDA (no GPU downloads)
 
 
@@ -274,7 +276,7 @@ def _cuda_check(hardware: HardwareInfo, build: TorchBuild) -> Check:
             f"not available: torch ({build.accelerator}) cannot reach the {gpu}",
             False,
             "update the NVIDIA driver (it is older than this torch needs), or install the torch "
-            "wheel for the CUDA version `nvidia-smi` shows (cu118, cu121, cu124 ... in "
+            "wheel for the CUDA version `nvidia-smi` shows (cu126, cu128, cu130 ... in "
             f"{CUDA_WHEELS.rsplit('/', 1)[0]})",
         )
     where = f"a {build.accelerator} build of torch" if build.accelerator else "a CPU-only torch"

@@ -166,6 +166,7 @@ def test_series_notebook_runs_in_smoke_mode(path, smoke_series):
 
 
 @pytest.mark.notebook
+@pytest.mark.slow  # the whole series again: 995 s on the AVX2-only kind (2026-12-04)
 @pytest.mark.parametrize("path", series_notebooks(), ids=lambda p: p.stem)
 def test_series_runs_on_the_free_text_dataset(path, voice_series):
     """DATASET = "brand_voice": every notebook runs on a task with free-text answers."""

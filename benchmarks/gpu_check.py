@@ -171,6 +171,8 @@ def sync(device: str) -> None:
 
 
 def reset_peak(device: str) -> None:
+    """Collect what earlier measurements dropped (callers `del` their models first: a model
+    still referenced during the next load would count in its peak) and reset the peak."""
     import torch
 
     gc.collect()
@@ -279,16 +281,6 @@ def shrunk_info(name: str, layers: int | None):
     return dataclasses.replace(info, num_layers=layers, params=int(params))
 
 
-def free(*objects) -> None:
-    import torch
-
-    for obj in objects:
-        del obj
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --- sections ------------------------------------------------------------------------------
 
 
@@ -376,7 +368,7 @@ def speed_ups_section(folder: Path, precision, args) -> dict:
                 row["forced" if forced else "as_shipped"] = {"error": _error(error)}
             finally:
                 ftkit.fast.MEASURED_DEVICES = saved
-                free(model)
+                del model
         found[method] = row
     return found
 
@@ -428,6 +420,7 @@ def memory_section(names, precision, args, clock: Clock, work: Path, tokenizer: 
                 "estimate_gib": round(estimate.total, 3),
                 "estimate_reserved_gib": round(estimate.reserved, 3),
             }
+            model = None
             try:
                 reset_peak(precision.device)
                 model = load_with_adapters(folder, method, precision)
@@ -448,10 +441,10 @@ def memory_section(names, precision, args, clock: Clock, work: Path, tokenizer: 
                     **{k: v and round(v, 3) for k, v in measured.items()},
                 }
                 row["measured_over_estimate"] = round(measured["allocated_gib"] / estimate.total, 3)
-                free(model)
             except Exception as error:
                 row["error"] = _error(error)
-                free()
+            finally:
+                del model  # gone before the next load (reset_peak collects it)
             rows.append(row)
         shutil.rmtree(folder, ignore_errors=True)
         print(f"[gpu_check] {name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -483,6 +476,7 @@ def precision_section(folder: Path, precision, args) -> dict:
             continue
         chosen = Precision(dtype, name, precision.optimizer, precision.device, "")
         reset_peak(precision.device)
+        model = None
         try:
             model = load_with_adapters(folder, "lora", chosen)
             scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
@@ -497,9 +491,10 @@ def precision_section(folder: Path, precision, args) -> dict:
                 scaler,
             )
             found[name] = {**steps, **peak(precision.device)}
-            free(model)
         except Exception as error:
             found[name] = {"error": _error(error)}
+        finally:
+            del model
     return found
 
 
@@ -561,7 +556,6 @@ def trainer_section(folder: Path, precision, args, work: Path) -> dict:
         "seconds": round(seconds, 2),
         "tokens_per_s": tokens / seconds,
     }
-    free(result.model)
     return found
 
 

@@ -5,6 +5,9 @@ test machine's image."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -51,3 +54,18 @@ def only(names: set[str], folder: Path) -> Path:
             if target.exists() and not (folder / top).exists():
                 (folder / top).symlink_to(target)
     return folder
+
+
+def venv_seeing(base: Path, packages: Path) -> tuple[Path, dict]:
+    """A fresh venv `base/venv` (no pip of its own) whose Python sees `packages` through a
+    .pth file, and an environment to run it in: its bin first on PATH, no VIRTUAL_ENV or
+    PYTHON* variables of this one, Jupyter's data in `base/jupyter`."""
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (Path(site) / "reuse_test_environment.pth").write_text(f"{packages}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env |= {"JUPYTER_DATA_DIR": str(base / "jupyter"), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
+    return python, env

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _venvs import closure, only
+from _venvs import closure, only, venv_seeing
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_IMAGE = ["torch", "transformers", "peft", "accelerate", "safetensors", "matplotlib"]
@@ -27,12 +27,7 @@ from gpu_check import TOKENIZER_FILES  # noqa: E402  (the files its --prepare co
 def gpu_like_python(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("gpu_image")
     packages = only(closure(GPU_IMAGE + KIT), base / "lib")
-    venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (Path(site) / "gpu_image.pth").write_text(f"{packages}\n")
+    python, _ = venv_seeing(base, packages)
     return python
 
 

@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from _venvs import closure, only
+from _venvs import closure, only, venv_seeing
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -60,17 +60,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def _venv(base: Path, wheel: Path, packages: Path) -> tuple[Path, dict]:
     """A fresh venv under `base` seeing `packages` (a site-packages folder) and the wheel."""
-    venv = base / "venv"
-    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=base)
-    python = venv / "bin" / "python"
-    site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
-                     cwd=base).strip())  # fmt: skip
-    (site / "reuse_test_environment.pth").write_text(f"{packages}\n")
+    python, env = venv_seeing(base, packages)
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
          wheel, cwd=base)  # fmt: skip
     (base / "work").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-    env |= {"JUPYTER_DATA_DIR": str(base / "jupyter"), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
     return python, env
 
 
@@ -218,7 +211,9 @@ def test_the_colab_cell_installs_ftkit_into_the_running_kernel(tmp_path, wheel):
     """The notebooks' first cell, run by a real IPython shell that believes it is on Colab
     (a stand-in `google.colab` module), in a venv without ftkit: it pip-installs the wheel
     (FTKIT_SOURCE) and `import ftkit` then works in that same process, no restart."""
-    python, env = _venv_without_ftkit(tmp_path)
+    # this environment's packages; ftkit's editable install is not on that path (its finder
+    # loads from a .pth file, which a path read from a .pth file does not run)
+    python, env = venv_seeing(tmp_path, Path(sysconfig.get_path("purelib")))
     cell = json.loads((ROOT / "ftkit/notebooks/01_choosing_a_base_model.ipynb").read_text())
     first = "".join(next(c for c in cell["cells"] if c["cell_type"] == "code")["source"])
     script = textwrap.dedent("""
@@ -243,17 +238,3 @@ def test_the_colab_cell_installs_ftkit_into_the_running_kernel(tmp_path, wheel):
     assert found["absent_before"] and found["ok"], found
     assert found["file"].startswith(str(tmp_path / "venv")) and "site-packages" in found["file"]
     assert "] track" in out  # the doctor's report, printed by the same cell
-
-
-def _venv_without_ftkit(base: Path) -> tuple[Path, dict]:
-    """A venv seeing this environment's packages (ftkit excluded: its editable install's
-    finder is not on the reused path), with pip for the cell's %pip."""
-    venv = base / "venv"
-    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=base)
-    python = venv / "bin" / "python"
-    site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
-                     cwd=base).strip())  # fmt: skip
-    (site / "reuse_test_environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-    env |= {"JUPYTER_DATA_DIR": str(base / "jupyter"), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
-    return python, env

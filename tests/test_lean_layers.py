@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _autograd import kept_storages
 from peft.helpers import disable_input_dtype_casting
 
 from ftkit.config import TrainConfig
@@ -80,17 +81,8 @@ def test_short_attention_matches_eager_attention_with_grouped_heads(dtype, padde
 def _saved_activation_bytes(model, batch) -> int:
     """Bytes autograd keeps for the decoder blocks' backward pass, parameters excluded (the
     output layer's logits, which ftkit's trainer computes at labelled positions only, too)."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    kept = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     with (
-        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        kept_storages(model) as kept,
         torch.autocast("cpu", dtype=torch.bfloat16),  # as ftkit's trainer on this CPU
         disable_input_dtype_casting(model),
     ):

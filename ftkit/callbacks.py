@@ -26,6 +26,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ftkit.progress import TerminalProgress
+
 # Trainer log keys -> the names ftkit uses everywhere (fixed vocabulary: lr, val_loss).
 RENAMED = {"learning_rate": "lr", "eval_loss": "val_loss"}
 EVAL_EXTRAS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
@@ -66,6 +68,36 @@ class RunLogger(TrainerCallback):
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+class TerminalProgressCallback(TrainerCallback):
+    """Training's progress lines for the headless runner (`ftkit.progress`): step, loss and
+    time left, every half minute or so; nothing where no runner listens."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.progress: TerminalProgress | None = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = TerminalProgress(f"training {self.name}", state.max_steps, "steps",
+                                             start=state.global_step)  # fmt: skip
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def _detail(self) -> str:
+        return f"loss {self.loss:.3f}" if self.loss is not None else ""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None and state.global_step < state.max_steps:
+            self.progress.update(state.global_step, self._detail())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.end(state.global_step, self._detail())
 
 
 def read_metrics(path: str | Path, up_to_step: int | None = None) -> list[dict]:

@@ -36,6 +36,7 @@ from ftkit.constrained import (
 )
 from ftkit.fast import fast_generation
 from ftkit.generation import Messages, Reply, generate_replies, stop_token_ids
+from ftkit.progress import TerminalProgress
 from ftkit.retrieval import retrieve_shots
 from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
 from ftkit.task import Task, answer_of, parse_json
@@ -306,6 +307,7 @@ def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperatu
                   latency_sample, give_up_after, progress, constraint=None):  # fmt: skip
     """(replies in prompt order, batched seconds per request, one-at-a-time seconds)."""
     order = sorted(range(len(prompts)), key=lambda i: _length(prompts[i]))  # less padding
+    terminal = TerminalProgress(approach.name, len(order), "replies")  # headless runs only
     with adapter_for(model, approach), fast_generation(model):  # 4-bit prepared once
         started = time.perf_counter()
         replies = [None] * len(prompts)
@@ -318,8 +320,10 @@ def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperatu
                                      logits_processor=constraint)  # fmt: skip
             for i, reply in zip(chunk, batch, strict=True):
                 replies[i] = reply
+            done = min(start + batch_size, len(order))
+            terminal.update(done)
             if progress:
-                progress(f"{approach.name}: {min(start + batch_size, len(order))}/{len(order)}")
+                progress(f"{approach.name}: {done}/{len(order)}")
         batched = (time.perf_counter() - started) / len(prompts)
         timed = []
         for prompt in prompts[:latency_sample]:

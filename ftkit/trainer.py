@@ -44,7 +44,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from ftkit.callbacks import RunLogger, read_metrics
+from ftkit.callbacks import RunLogger, TerminalProgressCallback, read_metrics
 from ftkit.formatting import IGNORE_INDEX, collate, tokenize_examples
 from ftkit.hardware import pick_dtype
 from ftkit.runs import checkpoint_step
@@ -332,7 +332,7 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
         train_dataset=train_items,
         eval_dataset=val_items,
         processing_class=tokenizer,
-        callbacks=[logger, *early, *watchers],
+        callbacks=[logger, *early, *watchers, TerminalProgressCallback(run_dir.name)],
         labelled_logits_only=config.labelled_logits_only,
         lengths=[len(item.input_ids) for item in train_items] if config.group_by_length else None,
         micro_batch_tokens=micro_batch_budget(config, precision),

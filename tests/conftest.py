@@ -51,16 +51,20 @@ def smoke_series(tmp_path_factory):
     executed notebooks, progress lines and the HTML report in one build folder.
 
     tests/test_notebooks.py checks what each notebook shows, tests/test_report.py the
-    progress lines and the report: one execution (several minutes) serves both. The runs the
+    progress lines (the kernels' own every 2 s, not 30) and the report: one execution
+    (several minutes) serves both. The runs the
     notebooks share (notebook 04 reuses notebook 03's fine-tune) stay in `runs_dir`, where
     the browser test's notebook 04 finds them too.
     """
     from ftkit.course.runner import run_series
+    from ftkit.progress import SECONDS_ENV
 
     out = tmp_path_factory.mktemp("build")
     lines: list[str] = []
     runs_dir = out / "runs"
-    runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=runs_dir)
+    with pytest.MonkeyPatch.context() as patch:  # the kernels' progress lines every 2 s
+        patch.setenv(SECONDS_ENV, "2")
+        runs = run_series(out, mode="smoke", log=lines.append, smoke_runs=runs_dir)
     return SimpleNamespace(out=out, runs={run.notebook[:2]: run for run in runs}, lines=lines,
                            runs_dir=runs_dir)  # fmt: skip
 

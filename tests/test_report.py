@@ -160,6 +160,28 @@ def test_main_job_prints_progress_summary_and_report(series):
 
 
 @pytest.mark.notebook
+def test_long_cells_report_training_steps_and_replies_in_the_terminal(series):
+    """`ftkit.progress` through the runner: the kernels' lines reach the log as they come
+    (notebook 03's training, notebook 04's approaches), and none lands in a notebook."""
+    _, runs, lines = series
+    step = r"\[ftkit\] 03 · training support_tickets-qlora: \d+/(\d+) steps \(\d+%\), loss \d"
+    training = [line for line in lines if re.match(step, line)]
+    assert training, [line for line in lines if line.startswith("[ftkit] 03")]
+    assert any(re.search(r", (\d+ min )?\d+ s left$", line) for line in training)
+    total = re.match(step, training[-1]).group(1)
+    assert re.search(rf": {total}/{total} steps \(100%\), loss [\d.]+, done in ", training[-1])
+    replies = [line for line in lines if re.match(r"\[ftkit\] 04 · .+: \d+/\d+ replies", line)]
+    assert replies
+    # as they come: while notebook 03 runs, not after it
+    done = next(i for i, line in enumerate(lines) if line.startswith("[ftkit] 03_qlora") and
+                ": done," in line)  # fmt: skip
+    assert lines.index(training[0]) < lines.index(training[-1]) < done
+    for notebook in ("03", "04"):
+        assert " steps (" not in runs[notebook].output.read_text()
+        assert " replies (" not in runs[notebook].output.read_text()
+
+
+@pytest.mark.notebook
 def test_report_is_one_self_contained_file(series):
     out, runs, _ = series
     page = (out / "report.html").read_text(encoding="utf-8")

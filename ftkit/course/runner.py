@@ -19,11 +19,13 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ftkit import progress
 from ftkit.course.notebooks import (
     NotebookRun,
     SectionRun,
@@ -139,7 +141,8 @@ def run_notebook(
     log(f"[ftkit] {path.name}: running in {mode} mode ...")
     started = time.perf_counter()
     try:
-        client.execute()
+        with _kernel_progress(path.name[:2], log):
+            client.execute()
     except Exception as error:  # a cell raised, timed out, or the kernel died
         nbformat.write(notebook, output)
         raise NotebookFailed(_failure_message(path, output, notebook, timer, error)) from error
@@ -148,6 +151,41 @@ def run_notebook(
     cells = sum(s.cells for s in timer.ran())
     log(f"[ftkit] {path.name}: done, {cells} code cells in {seconds:.0f} s -> {output}")
     return NotebookRun(path.name, output, mode, seconds, cells, timer.ran())
+
+
+@contextlib.contextmanager
+def _kernel_progress(notebook: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Pass the kernel's progress lines (`ftkit.progress`: training steps, replies) to `log`
+    as they come: the kernel, started inside the block, inherits a file to append them to,
+    which a thread here reads every second."""
+    with tempfile.TemporaryDirectory(prefix="ftkit-progress-") as folder:
+        lines = Path(folder) / "progress.log"
+        lines.touch()
+        stop = threading.Event()
+
+        def follow() -> None:
+            with lines.open(encoding="utf-8") as handle:
+                pending = ""
+                while True:
+                    stopping = stop.wait(1.0)
+                    pending += handle.read()
+                    *complete, pending = pending.split("\n")
+                    for line in complete:
+                        log(line)
+                    if stopping:
+                        return
+
+        reader = threading.Thread(target=follow, name="ftkit-progress", daemon=True)
+        with (
+            _environment(progress.FILE_ENV, str(lines)),
+            _environment(progress.NOTEBOOK_ENV, notebook),
+        ):
+            reader.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                reader.join(timeout=10)
 
 
 def _failure_message(path: Path, output: Path, notebook, timer: SectionTimer, error) -> str:

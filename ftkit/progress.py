@@ -1,0 +1,95 @@
+"""Progress lines for a run nobody watches in a browser: `make main` and `ftkit run` execute
+the notebooks in kernels whose output goes into the executed notebooks, so a training cell
+would be a silent seven minutes in the terminal.
+
+The headless runner (`ftkit.course.runner.run_notebook`) sets `FTKIT_PROGRESS_FILE` for the
+kernel it starts, and prints what the kernel appends there as it arrives. Long loops here
+(training steps, an approach's replies) append one line at most every
+`FTKIT_PROGRESS_SECONDS` (30 by default), and a last one when they end, if they took that
+long; with the variable unset (a learner's Jupyter, the test suite's direct calls) nothing is
+written and the notebook's own bars and widgets show progress.
+
+    [ftkit] 03 · training support_tickets-qlora: step 40/120 (33%), loss 1.234, 2 min 51 s left
+    [ftkit] 04 · few-shot: 96/400 replies (24%), 1 min 5 s left
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+FILE_ENV = "FTKIT_PROGRESS_FILE"  # where the lines go (set by the headless runner)
+NOTEBOOK_ENV = "FTKIT_PROGRESS_NOTEBOOK"  # the notebook's number, for the line's prefix
+SECONDS_ENV = "FTKIT_PROGRESS_SECONDS"  # at most one line per loop this often
+DEFAULT_SECONDS = 30.0
+
+
+def duration(seconds: float) -> str:
+    """42 s, 2 min 51 s, 1 h 3 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class TerminalProgress:
+    """One loop's progress lines: `update(done)` after each item (step, batch of replies).
+
+    A line is written when `every` seconds have passed since the last one (or since the
+    loop started), and at the end (`done == total`, or `end()`) only if one was written
+    before or the loop took at least `every` seconds: a quick loop stays quiet. The time left is the
+    time per item so far times the items left, counted from `start` (a resumed run's first
+    step) so that resuming does not shorten the estimate.
+    """
+
+    def __init__(self, what: str, total: int, unit: str = "", start: int = 0) -> None:
+        self.what, self.total, self.unit, self.start = what, max(int(total), 0), unit, start
+        self.path = os.environ.get(FILE_ENV) or None
+        self.every = float(os.environ.get(SECONDS_ENV) or DEFAULT_SECONDS)
+        self.started = self.last = time.perf_counter()
+        self.written = 0
+
+    def update(self, done: int, detail: str = "") -> str | None:
+        """The line written (None when it is not yet time, or nobody is listening)."""
+        now = time.perf_counter()
+        if self.total > 0 and done >= self.total:
+            return self.end(done, detail)
+        if self.path is None or now - self.last < self.every:
+            return None
+        return self._write(self.line(done, detail, now), now)
+
+    def end(self, done: int, detail: str = "") -> str | None:
+        """The loop's last line, at `done` items (fewer than `total` when early stopping or a
+        stop button ended it): written only if a line was written before or the loop took
+        at least `every` seconds."""
+        now = time.perf_counter()
+        if self.path is None or (not self.written and now - self.started < self.every):
+            return None
+        return self._write(self.line(done, detail, now, finished=True), now)
+
+    def _write(self, line: str, now: float) -> str:
+        with Path(self.path).open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        self.last, self.written = now, self.written + 1
+        return line
+
+    def line(
+        self, done: int, detail: str = "", now: float | None = None, finished: bool = False
+    ) -> str:
+        """`[ftkit] NN · what: done/total unit (pct%), detail, time left or taken`."""
+        now = time.perf_counter() if now is None else now
+        notebook = os.environ.get(NOTEBOOK_ENV)
+        prefix = f"[ftkit] {notebook} · " if notebook else "[ftkit] "
+        count = f"{done}/{self.total}" + (f" {self.unit}" if self.unit else "")
+        if self.total:
+            count += f" ({100 * done // self.total}%)"
+        parts = [f"{prefix}{self.what}: {count}"] + ([detail] if detail else [])
+        elapsed, counted = now - self.started, done - self.start
+        if finished:
+            parts.append(f"done in {duration(elapsed)}")
+        elif counted > 0 and self.total:
+            parts.append(f"{duration(elapsed / counted * (self.total - done))} left")
+        return ", ".join(parts)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nbformat
 import pytest
 
 from ftkit.course.notebooks import series_notebooks, solution_notebooks
 from ftkit.course.runner import run_notebook
+from ftkit.runs import SMOKE_RUNS_ENV
 
 SOLUTIONS = solution_notebooks()
 
@@ -176,6 +178,11 @@ def test_series_runs_on_the_free_text_dataset(path, voice_series):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
-def test_solutions_notebook_runs_in_smoke_mode(path, tmp_path):
+def test_solutions_notebook_runs_in_smoke_mode(path, tmp_path, smoke_series, monkeypatch):
+    """Each solutions notebook after the series, as a learner opens it after the notebook:
+    it finds the series' runs (a copy: what its exercises retrain stays its own) and reuses
+    those whose settings and data match, training only what its answers change."""
+    runs = shutil.copytree(smoke_series.runs_dir, tmp_path / "runs")
+    monkeypatch.setenv(SMOKE_RUNS_ENV, str(runs))
     run = run_notebook(path, tmp_path / path.name, mode="smoke", log=lambda _: None)
     _check(path.stem, nbformat.read(run.output, as_version=4))

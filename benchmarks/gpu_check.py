@@ -677,20 +677,17 @@ def trainer_section(folder: Path, precision, args, work: Path) -> dict:
     return found
 
 
-def notebooks_section(
-    precision, args, base: Path, tokenizer: Path, out: Path, partial=lambda found: None
-) -> dict:
+def notebooks_section(model: Path, args, base: Path, out: Path, partial=lambda found: None) -> dict:
     """The notebooks themselves, headless in smoke mode (`ftkit.course.runner.run_series`, as
-    `ftkit run --mode smoke` runs them), with MODEL set to the random-initialised embedded
-    architecture saved in a local folder: each notebook's kernel on this device, its cells'
-    times, and the first failure's message. The executed notebooks go to `out/notebooks`;
-    `partial` receives the results after each notebook (a run cut short keeps them)."""
+    `ftkit run --mode smoke` runs them), with MODEL set to `model`, the random-initialised
+    embedded architecture the other sections load: each notebook's kernel on this device,
+    its cells' times, and the first failure's message. The executed notebooks go to
+    `out/notebooks`; `partial` receives the results after each notebook (a run cut short
+    keeps them)."""
     import os
 
     from ftkit.course.runner import run_series
 
-    model = random_model_dir("smollm2-135m-instruct", args.layers, base / "notebook_model",
-                             precision.dtype, tokenizer, precision.device)  # fmt: skip
     os.environ["PYTHONPATH"] = os.pathsep.join(  # the kernels import ftkit from this checkout
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
@@ -826,7 +823,7 @@ def run(args) -> dict:
             (
                 "notebooks",
                 lambda: notebooks_section(
-                    precision, args, base, tokenizer, out, lambda found: save("notebooks", found)
+                    embedded, args, base, out, lambda found: save("notebooks", found)
                 ),
             ),
         ):

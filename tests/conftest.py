@@ -52,9 +52,9 @@ def smoke_series(tmp_path_factory):
 
     tests/test_notebooks.py checks what each notebook shows, tests/test_report.py the
     progress lines (the kernels' own every 2 s, not 30) and the report: one execution
-    (several minutes) serves both. The runs the
-    notebooks share (notebook 04 reuses notebook 03's fine-tune) stay in `runs_dir`, where
-    the browser test's notebook 04 finds them too.
+    (several minutes) serves both. The runs the notebooks share (notebook 04 reuses notebook
+    03's fine-tune) stay in `runs_dir`, where the browser test's notebook 04 and the
+    solutions notebooks (each in a copy) find them too.
     """
     from ftkit.course.runner import run_series
     from ftkit.progress import SECONDS_ENV

@@ -112,4 +112,5 @@ def test_dry_run_executes_the_notebooks_with_what_the_kit_installs(tmp_path):
         injected = [
             c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])
         ]
-        assert "notebook_model" in injected[0].source and 'MODE = "smoke"' in injected[0].source
+        model = tmp_path / "work" / "embedded"  # the folder every other section loads too
+        assert f'MODEL = "{model}"' in injected[0].source and 'MODE = "smoke"' in injected[0].source

@@ -16,6 +16,7 @@ merged into a 16-bit copy of the base, saved as safetensors).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -54,7 +55,9 @@ def runs_folder(mode: str) -> str:
 
     The scratch folder is `$FTKIT_SMOKE_RUNS` when set: `ftkit.course.runner.run_series` sets it,
     so the notebooks of one smoke series share their runs as full mode's share `runs/`
-    (notebook 04 picks up notebook 03's fine-tune). Otherwise it is a new temporary folder.
+    (notebook 04 picks up notebook 03's fine-tune). Otherwise it is a new temporary folder,
+    removed when the Python process (the notebook's kernel) ends, so smoke checks leave no
+    gigabytes behind in the system's temporary folder.
     """
     if mode == "full":
         return "runs"
@@ -64,7 +67,9 @@ def runs_folder(mode: str) -> str:
     if shared:
         Path(shared).mkdir(parents=True, exist_ok=True)
         return shared
-    return tempfile.mkdtemp(prefix="ftkit-smoke-runs-")
+    folder = tempfile.mkdtemp(prefix="ftkit-smoke-runs-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _is_main_process() -> bool:

@@ -310,6 +310,19 @@ def test_runs_folder_keeps_smoke_runs_apart(tmp_path, monkeypatch):
         runs_folder("quick")
 
 
+def test_a_lone_smoke_runs_folder_goes_when_the_kernel_ends(monkeypatch):
+    """A notebook run in smoke mode outside a series leaves nothing in the temporary folder."""
+    monkeypatch.delenv(SMOKE_RUNS_ENV, raising=False)
+    code = (
+        "from pathlib import Path; from ftkit.runs import runs_folder\n"
+        "folder = Path(runs_folder('smoke')); (folder / 'run' / 'adapter').mkdir(parents=True)\n"
+        "(folder / 'run' / 'adapter' / 'weights').write_bytes(bytes(1000)); print(folder)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    folder = Path(done.stdout.strip())
+    assert folder.name.startswith("ftkit-smoke-runs-") and not folder.exists()
+
+
 def test_the_training_code_id_covers_every_module_outside_the_course(tmp_path):
     """Found by package, so a moved or added module counts; the course zone does not."""
     package = tmp_path / "ftkit"

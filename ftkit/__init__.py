@@ -10,8 +10,15 @@ top. `import ftkit` is cheap: each name below is imported from its module on fir
 """
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
+
+# peft asks transformers 5 a renamed question on every adapter it wraps; the FutureWarning is
+# addressed to peft's maintainers, and a learner can do nothing about it.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 _MODULES = {  # module -> the public names ftkit re-exports from it
     "ftkit.cache": ("verify_cache",),

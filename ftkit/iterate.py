@@ -6,7 +6,10 @@
   often the class was answered (a drift toward the majority shows in both);
 - `train_apart`: a run trained in a fresh Python process, so that its peak memory is its
   own and not the notebook's (the full / LoRA / QLoRA table);
-- `runtime_memory_gb`: what that process holds before it loads a model.
+- `runtime_memory_gb`: what that process holds before it loads a model;
+- `score_checkpoints` and `choose_checkpoint`: a run's checkpoints scored with the task's
+  own metric on validation examples, and the one to ship (early stopping on the metric, not
+  only on the loss).
 
 Everything here works on any task with a label field (JSON or label answers).
 """
@@ -25,8 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ftkit.config import TrainConfig, TrainingError
-from ftkit.evaluation import class_pairs
-from ftkit.runs import Run, read_run
+from ftkit.evaluation import Approach, ApproachResult, class_pairs, evaluate_approach
+from ftkit.reuse import load_adapter_into
+from ftkit.runs import Run, adapter_source, load_run, read_run
+from ftkit.task import Task
 
 
 def class_of(example, field: str) -> str:
@@ -169,3 +174,48 @@ def runtime_memory_gb() -> float:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)  # fmt: skip
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def score_checkpoints(
+    run: str | Path | Run, examples: Sequence, task: Task, steps: Sequence[int] | None = None,
+    max_new_tokens: int | None = None, batch_size: int = 32,
+) -> dict[int, ApproachResult]:  # fmt: skip
+    """Each checkpoint of a LoRA or QLoRA run (or those at `steps`) scored on `examples`.
+
+    Give validation examples: the choice made on these scores (`choose_checkpoint`) is then
+    scored once on the test split. The base model loads once; each checkpoint's adapter
+    weights are swapped in (`ftkit.reuse.load_adapter_into`), so a checkpoint costs its
+    generation only.
+    """
+    run = run if isinstance(run, Run) else read_run(run)
+    if run.config.method == "full":
+        raise ValueError(
+            f"score_checkpoints: {run.name!r} is a full fine-tune (a whole model per "
+            "checkpoint): load each one with load_run(..., checkpoint=step) instead."
+        )
+    steps = list(run.checkpoints if steps is None else steps)
+    if not steps:
+        raise ValueError(f"score_checkpoints: run {run.name!r} kept no checkpoints to score.")
+    missing = sorted(set(steps) - set(run.checkpoints))
+    if missing:
+        raise ValueError(
+            f"score_checkpoints: run {run.name!r} has no checkpoint at step(s) {missing}; it "
+            f"kept {run.checkpoints} (keep_checkpoints=None keeps them all)."
+        )
+    loaded = load_run(run.path, checkpoint=steps[0])
+    scores = {}
+    for step in steps:
+        load_adapter_into(loaded.model, adapter_source(run, step))
+        scores[step] = evaluate_approach(
+            loaded.model, loaded.tokenizer, examples, Approach(f"step {step}", model="finetuned"),
+            task, max_new_tokens=max_new_tokens, batch_size=batch_size, latency_sample=0,
+        )  # fmt: skip
+    return scores
+
+
+def choose_checkpoint(scores: dict[int, ApproachResult], metric: str) -> int:
+    """The step whose checkpoint scored highest on `metric`; on a tie the earliest (fewer
+    steps on the same data: the less overfit of equals)."""
+    if not scores:
+        raise ValueError("choose_checkpoint: no scored checkpoints.")
+    return max(sorted(scores), key=lambda step: scores[step].scores[metric])

@@ -11,14 +11,18 @@ from ftkit.baseline import classical_baseline
 from ftkit.config import TrainConfig, TrainingError
 from ftkit.course import check
 from ftkit.course.iterating import bias_table_html
+from ftkit.evaluation import Approach, evaluate_approach
 from ftkit.iterate import (
     answer_shares,
+    choose_checkpoint,
     class_counts,
     class_recall,
     rebalanced,
+    score_checkpoints,
     skewed,
     train_apart,
 )
+from ftkit.runs import load_run, read_run
 from ftkit.task_data import load_task_data
 from ftkit.training import train
 
@@ -110,6 +114,37 @@ def test_exercise_checks_read_the_run_the_learner_trained(tmp_path, tickets):
     assert f"{loss:.3f}" in one.message  # the run's own number
     rank = check.lora_rank("one", tmp_path, "too-high")
     assert not rank and "warmup_ratio" in rank.message
+
+
+def test_checkpoints_are_scored_as_if_each_were_loaded_alone(tmp_path, tickets):
+    """The adapter swapped in per checkpoint answers exactly as that checkpoint loaded afresh;
+    the choice is the highest score, the earliest of equals."""
+    config = _tiny(tmp_path, run_name="kept", method="lora", max_steps=2, keep_checkpoints=None)
+    train(config, tickets.train[:4], tickets.validation[:2])
+    run = read_run(tmp_path / "kept")
+    assert run.checkpoints == [1, 2]
+    examples, task = tickets.validation[:3], tickets.task
+    scores = score_checkpoints(run, examples, task, max_new_tokens=12)
+    assert sorted(scores) == [1, 2]
+    alone = load_run(run.path, checkpoint=1)  # scored second there: after step 2's weights
+    fresh = evaluate_approach(alone.model, alone.tokenizer, examples,
+                              Approach("step 1", model="finetuned"), task, max_new_tokens=12,
+                              latency_sample=0)  # fmt: skip
+    assert [p.output for p in scores[1].predictions] == [p.output for p in fresh.predictions]
+    # and the two checkpoints do answer differently (else a swap that failed would pass)
+    assert [p.output for p in scores[1].predictions] != [p.output for p in scores[2].predictions]
+    assert score_checkpoints(run, examples, task, [2, 1], max_new_tokens=12)[1].scores == (
+        fresh.scores
+    )
+    metric = task.primary
+    best = max(s.scores[metric] for s in scores.values())
+    assert choose_checkpoint(scores, metric) == min(
+        k for k in scores if scores[k].scores[metric] == best
+    )
+    tie = {2: scores[1], 1: scores[1]}
+    assert choose_checkpoint(tie, metric) == 1
+    with pytest.raises(ValueError, match=r"no checkpoint at step\(s\) \[3\].*kept \[1, 2\]"):
+        score_checkpoints(run, examples, task, [2, 3])
 
 
 def test_the_bias_table_counts_every_test_example_and_escapes_names(tickets):

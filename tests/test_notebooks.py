@@ -81,7 +81,8 @@ EXPECTED = {
     "05_iterate": [
         "lr 1e-05",  # three learning rates, each run read back from its folder
         "Validation loss at the end:",  # the learning rates compared, computed
-        "Early stopping kept step",  # best against last checkpoint, scored on test
+        "Early stopping stopped at step",  # the loss's choice
+        "the checkpoint chosen is step",  # checkpoints scored on validation, one chosen
         "unbalanced:",  # the skewed subset's class counts
         "rebalanced: recall",  # per-class recall and answer shares, both runs
         "of the test examples. Trained on the unbalanced",  # the drift, computed
@@ -132,7 +133,7 @@ EXPECTED_VOICE = {
     ],
     "05_iterate": [
         "Validation loss at the end:",
-        "Early stopping kept step",
+        "the checkpoint chosen is step",
         "answers in free text: there are no classes to unbalance",  # said, not crashed
         "The base model passes",
         "more parameters than LoRA",

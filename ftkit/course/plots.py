@@ -233,6 +233,36 @@ def plot_losses(
     return ax.figure
 
 
+def plot_checkpoint_scores(
+    scores: Mapping, metric: str, chosen: int | None = None, loss_best: int | None = None,
+    ax: Axes | None = None,
+) -> Figure:  # fmt: skip
+    """A run's checkpoints scored on `metric` (`ftkit.iterate.score_checkpoints`): percent
+    with its 95% interval against the step, the chosen one starred, the lowest-loss one
+    marked."""
+    if not scores:
+        raise ValueError("plot_checkpoint_scores: no scored checkpoints.")
+    ax = ax if ax is not None else _new_axes(rows=4)
+    steps = sorted(scores)
+    value = np.array([100 * scores[s].scores[metric] for s in steps])
+    low, high = (np.array([100 * scores[s].intervals[metric][i] for s in steps]) for i in (0, 1))
+    ax.errorbar(steps, value, yerr=[value - low, high - value], fmt="o-", color="#1f4e79",
+                capsize=4, markersize=6, linewidth=1.8,
+                label=f"{metric}, 95% interval")  # fmt: skip
+    if chosen is not None:
+        ax.plot([chosen], [100 * scores[chosen].scores[metric]], "*", color="#e6550d",
+                markersize=16, zorder=5, label=f"chosen: step {chosen}")  # fmt: skip
+    if loss_best is not None:
+        ax.axvline(loss_best, color="#636363", linestyle=":",
+                   label=f"lowest validation loss: step {loss_best}")  # fmt: skip
+    ax.set_xticks(steps)
+    ax.set_xlabel("checkpoint (optimizer step)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylim(0, max(5.0, min(100.0, float(high.max()) * 1.25)))
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside
+    return ax.figure
+
+
 def plot_runs(runs, ax: Axes | None = None, log_loss: bool = False) -> Figure:
     """Several runs' loss curves on one plot, one colour per run, to compare versions.
 

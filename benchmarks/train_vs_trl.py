@@ -1,13 +1,20 @@
-"""ftkit's training against TRL's `SFTTrainer` on the same run, side by side, in one invocation.
+"""ftkit's training against TRL's `SFTTrainer` and a plain PyTorch loop on the same run, side by
+side, in one invocation.
 
     .venv/bin/python benchmarks/train_vs_trl.py                 # QLoRA and LoRA, one round each
+    .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --trainers ftkit plain  # two only
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 3 --limit 256  # seeds 0-2
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --micro-batch-tokens 0  # no split
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --group-by-length  # sorted batches
 
-What is the same for both trainers: the embedded SmolLM2-135M-Instruct (loaded by
+The third contestant, "plain", is the loop a careful practitioner writes without a trainer
+library (`_run_plain`): stock peft on stock bitsandbytes layers, length-sorted batches in a
+shuffled order, logits at labelled positions only, AdamW, nothing else. It shows how much of
+ftkit's lead over TRL is ftkit's own work and how much is TRL's overhead.
+
+What is the same for every trainer: the embedded SmolLM2-135M-Instruct (loaded by
 `ftkit.training.load_for_training`, NF4 for QLoRA), the shipped support-ticket training split
-tokenized once by ftkit (TRL gets the token ids and the completion mask, so both train on
+tokenized once by ftkit (TRL gets the token ids and the completion mask, so all train on
 exactly the same tokens with the same labels), LoRA r=16 / alpha 32 / dropout 0.05 on all
 linear layers, bf16 autocast where the CPU has it, batch 8, one epoch, lr 1e-3 with the same
 schedule and warm-up, the same seed (round r of `--rounds`: seed r), no packing, no
@@ -17,15 +24,16 @@ of 8 as length-sorted micro-batches of at most 512 padded tokens (its CPU defaul
 `--micro-batch-tokens`), with the same gradient; its "trained tokens" count what the model
 was given after that trimming. Each run is a
 separate process (the parent reads its peak resident memory from the operating system
-with `wait4`), and which trainer goes first alternates (per method from round to round, and
-between methods within a round) so a machine that slows down over time hurts neither more.
+with `wait4`), and which trainer goes first turns (per method from round to round, and
+between methods within a round) so a machine that slows down over time hurts none more.
 
-TRL's worker gets oneDNN's own kernel cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024), as it
-runs without ftkit; importing ftkit keeps 64 kernels (ftkit.hardware), a saving of ftkit's.
+TRL's and the plain loop's workers get oneDNN's own kernel cache
+(ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024), as they run without ftkit; importing ftkit keeps 64
+kernels (ftkit.hardware), a saving of ftkit's.
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
-adapter (ftkit.trainer.loss_on, the same function for both). Measured once: the processor,
+adapter (ftkit.trainer.loss_on, the same function for all). Measured once: the processor,
 whether it has native bf16, and fp32 and bf16 matmul throughput (2048 x 2048; smaller where
 the CPU only emulates bf16), which turns tokens per second into model-FLOPs utilisation
 (LoRA: about 4 N FLOPs per token, N the model's parameters; against the bf16 figure when
@@ -50,7 +58,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-TRAINERS = ("ftkit", "trl")
+TRAINERS = ("ftkit", "trl", "plain")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 BATCH, EPOCHS, LR, LOG_EVERY = 8, 1.0, 1e-3, 5
 
@@ -196,6 +204,79 @@ def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
     return trainer.model, losses
 
 
+def plain_loss(causal_lm, batch: dict, bf16: bool):
+    """The plain loop's loss: mean next-token cross-entropy over the batch's labelled tokens,
+    with logits computed at those positions only (the output layer applied to their hidden
+    states alone)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftkit.formatting import IGNORE_INDEX
+
+    targets = batch["labels"][:, 1:]
+    wanted = targets != IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = causal_lm.model(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state  # fmt: skip
+        logits = causal_lm.lm_head(hidden[:, :-1][wanted])
+    return F.cross_entropy(logits.float(), targets[wanted])
+
+
+def _run_plain(config, train, model, tokenizer, meter, runs_dir: Path):
+    """A plain PyTorch loop, as a careful practitioner writes it without ftkit: stock peft on
+    the stock bitsandbytes layers, batches of similar lengths (sorted, then the batches
+    shuffled), logits computed at labelled positions only, AdamW with the same schedule and
+    clipping, autocast to bf16 where the CPU has it. Nothing else: no micro-batches, no lean
+    layers, no fused dropout, no heap release."""
+    import math
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    from ftkit.formatting import collate, tokenize_for_training
+
+    items = tokenize_for_training(train, tokenizer, config.max_length, config.packing)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+    random.Random(config.seed).shuffle(batches)
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    model = get_peft_model(model, lora)
+    inner = model.get_base_model()  # the causal LM, its linear layers wrapped by peft in place
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=config.weight_decay)
+    steps = math.ceil(EPOCHS * len(batches))
+    schedule = get_scheduler(config.lr_scheduler, optimizer,
+                             num_warmup_steps=math.ceil(config.warmup_ratio * steps),
+                             num_training_steps=steps)  # fmt: skip
+    bf16 = _bf16()
+    model.train()
+    losses, window = [], []
+    meter.started = time.perf_counter()
+    for step in range(steps):
+        batch = collate([items[i] for i in batches[step % len(batches)]], tokenizer)
+        meter.add(batch)
+        loss = plain_loss(inner, batch, bf16)
+        loss.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(float(loss.detach()))
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+            losses.append(sum(window) / len(window))
+            window = []
+    meter.ended = time.perf_counter()
+    return model, losses
+
+
 def _bf16() -> bool:
     from ftkit.hardware import detect_hardware
 
@@ -218,7 +299,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
     meter = _Meter()
-    run = _run_ftkit if trainer == "ftkit" else _run_trl
+    run = {"ftkit": _run_ftkit, "trl": _run_trl, "plain": _run_plain}[trainer]
     with tempfile.TemporaryDirectory() as runs_dir:
         trained, losses = run(config, train, model, tokenizer, meter, Path(runs_dir))
     seconds = meter.ended - meter.started
@@ -264,9 +345,10 @@ def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Pat
     command += ["--micro-batch-tokens", str(micro)] + (["--group-by-length"] if grouping else [])
     if limit:
         command += ["--limit", str(limit)]
-    # TRL runs with oneDNN's own kernel cache (1024 shapes), as it does without ftkit;
+    # TRL and the plain loop run with oneDNN's own kernel cache (1024 shapes), as without ftkit;
     # ftkit's import keeps 64 (ftkit.hardware), part of what is measured for ftkit.
-    env = os.environ | ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"} if trainer == "trl" else {})
+    own_cache = trainer != "ftkit"
+    env = os.environ | ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"} if own_cache else {})
     process = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -332,20 +414,24 @@ def summarise(runs: list[dict], machine: dict) -> dict:
             row["mfu"] = flops * row["real_tokens_per_second"] / (peak * 1e9)
             row["runs"] = len(records)
             rows[trainer] = row
-        if set(rows) == set(TRAINERS):
-            f, t = rows["ftkit"], rows["trl"]
-            seeds = sorted(set(f["val_loss_by_seed"]) & set(t["val_loss_by_seed"]))
-            rows["ratio"] = {
-                "speed": f["real_tokens_per_second"] / t["real_tokens_per_second"],
-                "memory": f["peak_rss_gib"] / t["peak_rss_gib"],
-                "val_loss_delta": f["val_loss"] - t["val_loss"],
-                "val_loss_delta_by_seed": {
-                    seed: f["val_loss_by_seed"][seed] - t["val_loss_by_seed"][seed]
-                    for seed in seeds
-                },
-            }
+        for other, key in (("trl", "ratio"), ("plain", "ratio_plain")):
+            if "ftkit" in rows and other in rows:
+                rows[key] = _ratio(rows["ftkit"], rows[other])
         summary[method] = rows
     return summary
+
+
+def _ratio(f: dict, t: dict) -> dict:
+    """ftkit's row against another trainer's: speed and memory ratios, validation-loss gaps."""
+    seeds = sorted(set(f["val_loss_by_seed"]) & set(t["val_loss_by_seed"]))
+    return {
+        "speed": f["real_tokens_per_second"] / t["real_tokens_per_second"],
+        "memory": f["peak_rss_gib"] / t["peak_rss_gib"],
+        "val_loss_delta": f["val_loss"] - t["val_loss"],
+        "val_loss_delta_by_seed": {
+            seed: f["val_loss_by_seed"][seed] - t["val_loss_by_seed"][seed] for seed in seeds
+        },
+    }
 
 
 def _median(values: list) -> float | None:
@@ -370,16 +456,18 @@ def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
                     f"{r['peak_rss_gib']:.2f} | {_loss(r['final_train_loss'])} | "
                     f"{_loss(r['val_loss'])} |"
                 )
-        if "ratio" in rows:
-            q = rows["ratio"]
+        for key, other in (("ratio", "TRL"), ("ratio_plain", "plain")):
+            if key not in rows:
+                continue
+            q = rows[key]
             lines.append(
-                f"| {method} | **ftkit / TRL** | | **{q['speed']:.2f}x** | | "
+                f"| {method} | **ftkit / {other}** | | **{q['speed']:.2f}x** | | "
                 f"**{q['memory']:.2f}x** | | {q['val_loss_delta']:+.3f} |"
             )
             per_seed = ", ".join(
                 f"seed {k}: {v:+.3f}" for k, v in q["val_loss_delta_by_seed"].items()
             )
-            lines.append(f"| {method} | val loss ftkit - TRL by seed | | | | | | {per_seed} |")
+            lines.append(f"| {method} | val loss ftkit - {other} by seed | | | | | | {per_seed} |")
     lines.append("")
     lines.append(
         "Medians over runs, except validation loss: the mean over seeds (round r: seed r)."
@@ -436,10 +524,12 @@ def plot(summary: dict, path: Path) -> None:
         (axes[0], "real_tokens_per_second", "non-padding tokens / s (higher is better)"),
         (axes[1], "peak_rss_gib", "peak RSS, GiB (lower is better)"),
     ):
-        for i, trainer in enumerate(TRAINERS):
+        present = [t for t in TRAINERS if any(t in summary[m] for m in methods)]
+        width = 0.8 / len(present)
+        for i, trainer in enumerate(present):
             values = [summary[m].get(trainer, {}).get(key, 0) for m in methods]
-            xs = [j + (i - 0.5) * 0.38 for j in range(len(methods))]
-            bars = ax.bar(xs, values, width=0.36, label=trainer)
+            xs = [j + (i - (len(present) - 1) / 2) * width for j in range(len(methods))]
+            bars = ax.bar(xs, values, width=0.95 * width, label=trainer)
             ax.bar_label(bars, fmt="%.1f" if key == "peak_rss_gib" else "%.0f", fontsize=8)
         ax.set_xticks(range(len(methods)), methods)
         ax.set_title(label, fontsize=10)
@@ -464,6 +554,8 @@ def _budget(value: str) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["qlora", "lora"])
+    parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS),
+                        help="the contestants (default: all three)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per trainer and method; round r uses seed r")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -495,9 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     runs, scratch = [], out.with_suffix(".run.json")
     for round_ in range(args.rounds):
         for index, method in enumerate(args.methods):
-            # Who goes first alternates from round to round for each method, and from
-            # method to method within a round (counting pairs did neither with two methods)
-            order = TRAINERS if (round_ + index) % 2 == 0 else TRAINERS[::-1]
+            # Who goes first turns from round to round for each method, and from method to
+            # method within a round, so a machine slowing down over time hurts none more.
+            shift = (round_ + index) % len(args.trainers)
+            order = args.trainers[shift:] + args.trainers[:shift]
             for trainer in order:
                 print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
                       flush=True)  # fmt: skip

@@ -163,9 +163,19 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
     return result.model, losses
 
 
+def _stock_lora():
+    """peft's own LoRA settings for the contestants without ftkit (TRL, the plain loop): the
+    same adapters as ftkit's, on every linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
 def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from ftkit.formatting import tokenize_for_training
@@ -189,13 +199,9 @@ def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
         eval_strategy="no", report_to="none", seed=config.seed, data_seed=config.seed,
         dataset_num_proc=None, disable_tqdm=True,
     )  # fmt: skip
-    lora = LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-        target_modules="all-linear", task_type="CAUSAL_LM",
-    )  # fmt: skip
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora, callbacks=[meter],
+        peft_config=_stock_lora(), callbacks=[meter],
     )  # fmt: skip
     collate = trainer.data_collator
     trainer.data_collator = lambda batch: meter.add(collate(batch))
@@ -233,7 +239,7 @@ def _run_plain(config, train, model, tokenizer, meter, runs_dir: Path):
     import random
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import get_scheduler
 
     from ftkit.formatting import collate, tokenize_for_training
@@ -243,11 +249,7 @@ def _run_plain(config, train, model, tokenizer, meter, runs_dir: Path):
     batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
     random.Random(config.seed).shuffle(batches)
     torch.manual_seed(config.seed)
-    lora = LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-        target_modules="all-linear", task_type="CAUSAL_LM",
-    )  # fmt: skip
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, _stock_lora())
     inner = model.get_base_model()  # the causal LM, its linear layers wrapped by peft in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=config.weight_decay)

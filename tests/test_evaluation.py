@@ -138,24 +138,40 @@ def test_a_shared_prefix_is_read_once_with_the_same_replies(splits):
 
 
 def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(splits):
-    """generate_replies copies the last position's states before the output layer (torch's
-    CPU matmul would otherwise copy the whole weight once per prompt); same numbers."""
+    """generate_replies serves the output layer with `_output_product` while it generates
+    (a contiguous copy of the last position's states, since torch's CPU matmul would copy
+    the whole weight once per prompt; in fp32, from two rows on, the product taken as
+    (weight x rows^T)^T) and gives the layer back afterwards; the same logits up to
+    rounding, and at one row exactly `linear`'s."""
     import torch
+
+    from ftkit.fast.generation_4bit import _output_product
 
     model, tokenizer = load_model(dtype="fp32")
     head = model.get_output_embeddings()
-    seen = []
-    handle = head.register_forward_hook(lambda _, args, out: seen.append(args[0].is_contiguous()))
+    served = []
+    handle = head.register_forward_hook(lambda *_: served.append("forward" in vars(head)))
     prompts = [e.messages[:-1] for e in list(splits["test"])[12:15]]
     try:
         generate_replies(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
     finally:
         handle.remove()
-    assert seen and all(seen)
-    hidden = torch.randn(3, 7, head.in_features)
-    strided = hidden[:, -1:, :]
-    assert not strided.is_contiguous()
-    assert torch.equal(head(strided), head(strided.contiguous()))
+    assert served and all(served)
+    assert "forward" not in vars(head)  # the layer's own forward again
+    for rows in (1, 3, 8, 32):
+        hidden = torch.randn(rows, 7, head.in_features)
+        strided = hidden[:, -1:, :]
+        assert rows == 1 or not strided.is_contiguous()
+        expected = torch.nn.functional.linear(strided.contiguous(), head.weight, head.bias)
+        got = _output_product(head, strided)
+        assert got.shape == expected.shape == (rows, 1, head.out_features)
+        assert got.is_contiguous()
+        if rows == 1:
+            assert torch.equal(got, expected)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    bf16 = torch.nn.Linear(head.in_features, 16, bias=False, dtype=torch.bfloat16)
+    hidden = torch.randn(4, 1, head.in_features, dtype=torch.bfloat16)
+    assert torch.equal(_output_product(bf16, hidden), bf16(hidden))  # bf16 keeps linear
 
 
 def test_cannot_be_json_only_when_no_continuation_parses():

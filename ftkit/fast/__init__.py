@@ -119,10 +119,10 @@ def fast_generation(
     rows^T, 2-3x for 2 to 80 rows on an AVX2 CPU), and `prefix_ids` (shape (1, length): the
     tokens all `batch` prompts start with) kept once in the cache and read once per token
     (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits up to rounding
-    (tests/test_models.py,
-    test_evaluation.py, test_shared_prefix.py). Blocks nest: an outer one around many
-    batches prepares the 4-bit weights once. On leaving, the model is exactly as trainable
-    as before. On a device this was not measured on (a GPU) the block changes nothing.
+    (tests/test_models.py, test_evaluation.py, test_shared_prefix.py). Blocks nest: an outer
+    one around many batches prepares the 4-bit weights once. On leaving, the model is
+    exactly as trainable as before. On a device this was not measured on (a GPU) the block
+    changes nothing.
     """
     if not measured_on(model):  # never run on this device: plain `generate`, same replies
         yield {}

@@ -1,12 +1,14 @@
 """Generation from 4-bit weights on a CPU, and a contiguous input for the output layer:
-faster `generate`, the same logits, and a model left exactly as trainable as before.
+faster `generate`, the same logits (up to rounding in the output layer's fp32 product), and
+a model left exactly as trainable as before.
 
 - `fast_4bit_generation`: bitsandbytes dequantises each 4-bit weight at every forward call;
   inside this block each layer is served by its weight dequantised once, or (with
   AVX512-BF16, for products of a few rows) by bitsandbytes' fast kernel, and restored on
   leaving.
 - `contiguous_logits_input`: the output layer gets a contiguous copy of the last position's
-  hidden states instead of a strided view, which torch's CPU `matmul` would expand.
+  hidden states instead of a strided view, which torch's CPU `matmul` would expand, and in
+  fp32, from two rows on, its product taken as (weight x rows^T)^T, faster at its shape.
 """
 
 from __future__ import annotations

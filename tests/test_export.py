@@ -75,6 +75,46 @@ def test_the_gguf_carries_the_tokenizer_and_chat_template(merged, exported):
     assert again.eos_token == tokenizer.eos_token == "<|im_end|>"
 
 
+def test_reading_a_gguf_once_loads_the_same_model_and_tokenizer(merged, exported, tmp_path):
+    """`ftkit.fast.read_gguf_once` (around check_gguf and the embedded model's conversion):
+    the file parsed once for the config, the weights and the tokenizer, the same tensors
+    bit for bit as without it, the tokenizer the file carries; a file replaced under the
+    same name is parsed again; gguf's own functions are back afterwards."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.fast import read_gguf_once
+
+    path = exported["f16"]
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    dtype=torch.float32).state_dict()  # fmt: skip
+
+    library = gguf.GGUFReader, gguf.get_tensor_name_map
+    plain = load()
+    with read_gguf_once() as counts:
+        once = load()
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert counts == {"parsed": 1, "reused": 2}
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == library
+    assert plain.keys() == once.keys()
+    for name, tensor in plain.items():
+        assert torch.equal(tensor, once[name]), name
+    assert tokenizer.get_vocab() == merged[1].get_vocab()  # as the model's own tokenizer
+    assert tokenizer.chat_template == merged[1].chat_template
+
+    copy, other = tmp_path / "model.gguf", tmp_path / "other.gguf"
+    copy.write_bytes(exported["q8_0"].read_bytes())
+    other.write_bytes(path.read_bytes())
+    with read_gguf_once() as counts:
+        first = gguf.GGUFReader(copy)
+        assert gguf.GGUFReader(str(copy)) is first  # the same file, by any spelling
+        other.replace(copy)  # another file under the same name, as export_gguf writes one
+        assert gguf.GGUFReader(copy) is not first
+    assert counts == {"parsed": 2, "reused": 1}
+
+
 def test_no_partial_file_is_left_and_the_name_is_the_one_asked(exported):
     folder = exported["f16"].parent
     assert sorted(p.name for p in folder.iterdir()) == ["model-f16.gguf", "model-q8_0.gguf"]

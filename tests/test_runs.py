@@ -177,7 +177,7 @@ def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
     that was never interrupted: same per-step losses after the resume (so the data position
     was restored, not just the weights) and the same final adapter."""
     data = save_examples(list(splits["train"])[:40], tmp_path / "train.jsonl")
-    settings = {"batch_size": 4, "max_steps": 8, "save_steps": 2, "logging_steps": 1,
+    settings = {"batch_size": 2, "max_steps": 8, "save_steps": 2, "logging_steps": 1,
                 "eval_steps": None, "lr": 1e-3, "runs_dir": str(tmp_path / "runs")}  # fmt: skip
     killed = TrainConfig(**settings, run_name="killed")
     (tmp_path / "cfg.json").write_text(json.dumps(asdict(killed)))

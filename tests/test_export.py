@@ -115,6 +115,24 @@ def test_reading_a_gguf_once_loads_the_same_model_and_tokenizer(merged, exported
     assert counts == {"parsed": 2, "reused": 1}
 
 
+def test_reading_a_gguf_once_without_the_gguf_package_leaves_the_error_to_transformers(
+    exported, monkeypatch
+):
+    """No gguf installed: entering the block raises nothing, and loading inside it fails
+    where transformers reads the file, with its own message naming gguf."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.fast import read_gguf_once
+
+    path = exported["q8_0"]
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
+    with read_gguf_once() as counts, pytest.raises(ImportError, match="gguf"):
+        AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert counts == {"parsed": 0, "reused": 0}
+
+
 def test_no_partial_file_is_left_and_the_name_is_the_one_asked(exported):
     folder = exported["f16"].parent
     assert sorted(p.name for p in folder.iterdir()) == ["model-f16.gguf", "model-q8_0.gguf"]

@@ -227,11 +227,12 @@ def check_gguf(
 
     path = Path(gguf_path)
     started = time.perf_counter()
-    with read_gguf_once():  # the file parsed once for config and weights (2.5x faster)
+    with read_gguf_once():  # one parse for config, weights and file type (ftkit.fast)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch.float32).eval()  # fmt: skip
+        file_type = gguf_file_type(path)
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens)
-    return GGUFCheck(path, gguf_file_type(path), path.stat().st_size / 1e6,
+    return GGUFCheck(path, file_type, path.stat().st_size / 1e6,
                      [a == b for a, b in zip(answers, reference, strict=True)], answers,
                      list(reference), time.perf_counter() - started)  # fmt: skip
 

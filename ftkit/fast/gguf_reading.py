@@ -6,8 +6,9 @@ for the config, once for the weights, once more for the tokenizer. The header ho
 whole vocabulary as 49,152 strings read one memory-mapped slice at a time. And while it
 maps tensor names it calls `gguf.get_tensor_name_map(arch, n_blocks)` once per submodule
 (397 times for the embedded 30-block model), each call rebuilding the same table. On the
-AVX2-only 2-core EPYC (2026-12-05) loading a 16-bit GGUF of the embedded model took 20.4 s,
-and 12.4 s with the name map built once (benchmarks/RESULTS.md).
+AVX2-only 2-core EPYC (2026-12-05) loading a 16-bit GGUF of the embedded model took 22.1 s,
+8.1 s inside this block; the embedded model's conversion 31.4 s, 11.1 s inside it
+(benchmarks/gguf_loading.py, benchmarks/RESULTS.md).
 
 Inside `read_gguf_once()` both go through caches: `gguf.GGUFReader` returns the reader it
 already built for the same file (same path, size and modification time) and

@@ -1,8 +1,10 @@
 """Notebooks 04 and 06 in a real browser, as a learner meets them.
 
 JupyterLab runs on 127.0.0.1 and headless Chromium opens notebooks/04 (a copy in smoke
-mode), runs every cell from the Run menu, then uses the comparator: types a ticket into
-its text box, clicks Compare and waits for every approach's answer in the rendered page.
+mode, up to its comparator and controls: section 8), runs every cell from the Run menu, then
+uses the comparator: types a ticket into its text box, clicks Compare and waits for every
+approach's answer in the rendered page. The sections after it (the learning curve, the FAQ)
+run headless with the rest of the series (tests/test_notebooks.py).
 A screenshot of the comparator goes to build/browser/notebook04_comparator.png. Notebook
 06's chat the same way: Run All up to the chat, then a typed question answered with the
 adapter on, then off (build/browser/notebook06_chat.png).
@@ -144,6 +146,15 @@ def smoke_copy(source: Path, directory: Path) -> Path:
     return target
 
 
+def cut_before(notebook_path: Path, section: str) -> None:
+    """Keep `notebook_path`'s cells before its markdown heading `## {section}.`."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    end = next(i for i, c in enumerate(notebook.cells)
+               if c.cell_type == "markdown" and c.source.startswith(f"## {section}."))  # fmt: skip
+    notebook.cells = notebook.cells[:end]
+    nbformat.write(notebook, notebook_path)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -242,10 +253,13 @@ def serve(notebook: Path, tmp_path: Path, runs_dir: Path) -> Iterator[Lab]:
 
 @pytest.fixture
 def lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
-    """JupyterLab serving a smoke-mode copy of notebook 04 from a temporary root."""
+    """JupyterLab serving notebook 04 in smoke mode, up to its comparator and controls
+    (section 8): the learning curve and the FAQ after them are tested headless."""
     root = tmp_path / "root"
     root.mkdir()
-    with serve(smoke_copy(NOTEBOOK, root), tmp_path, smoke_series.runs_dir) as served:
+    copy = smoke_copy(NOTEBOOK, root)
+    cut_before(copy, "9")
+    with serve(copy, tmp_path, smoke_series.runs_dir) as served:
         yield served
 
 
@@ -256,11 +270,7 @@ def chat_lab(tmp_path: Path, smoke_series: Any) -> Iterator[Lab]:
     root = tmp_path / "root"
     root.mkdir()
     copy = smoke_copy(CHAT_NOTEBOOK, root)
-    notebook = nbformat.read(copy, as_version=4)
-    end = next(i for i, c in enumerate(notebook.cells)
-               if c.cell_type == "markdown" and c.source.startswith("## 3."))  # fmt: skip
-    notebook.cells = notebook.cells[:end]
-    nbformat.write(notebook, copy)
+    cut_before(copy, "3")
     with serve(copy, tmp_path, smoke_series.runs_dir) as served:
         yield served
 

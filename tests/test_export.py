@@ -4,10 +4,11 @@ transformers, greedy answers compared with the 16-bit model's; the Ollama Modelf
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftkit.export import (
     ExportError,
@@ -16,6 +17,7 @@ from ftkit.export import (
     greedy_answers,
     ollama_modelfile,
 )
+from ftkit.fast import read_gguf_once
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
 
@@ -81,9 +83,6 @@ def test_reading_a_gguf_once_loads_the_same_model_and_tokenizer(merged, exported
     bit for bit as without it, the tokenizer the file carries; a file replaced under the
     same name is parsed again; gguf's own functions are back afterwards."""
     import gguf
-    from transformers import AutoModelForCausalLM
-
-    from ftkit.fast import read_gguf_once
 
     path = exported["f16"]
 
@@ -120,12 +119,6 @@ def test_reading_a_gguf_once_without_the_gguf_package_leaves_the_error_to_transf
 ):
     """No gguf installed: entering the block raises nothing, and loading inside it fails
     where transformers reads the file, with its own message naming gguf."""
-    import sys
-
-    from transformers import AutoModelForCausalLM
-
-    from ftkit.fast import read_gguf_once
-
     path = exported["q8_0"]
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
     with read_gguf_once() as counts, pytest.raises(ImportError, match="gguf"):

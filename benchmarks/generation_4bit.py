@@ -131,7 +131,7 @@ def _layer_rows(counts: list[int]) -> int:
     import torch
     from bitsandbytes.functional import has_avx512bf16
 
-    from ftkit.fast.generation_4bit import _DenseForward, fast_4bit_generation
+    from ftkit.fast.generation_4bit import DenseForward, fast_4bit_generation
     from ftkit.hardware import cpu_name
     from ftkit.models import load_model
 
@@ -140,7 +140,7 @@ def _layer_rows(counts: list[int]) -> int:
         return 0
     model, _ = load_model(quantization="nf4")
     layer = model.model.layers[0].mlp.gate_proj
-    weight = _DenseForward(layer).weight(torch.bfloat16)  # before the kernel repacks it
+    weight = DenseForward(layer).weight(torch.bfloat16)  # before the kernel repacks it
 
     def median_ms(call) -> float:
         call()

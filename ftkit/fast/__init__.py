@@ -19,6 +19,9 @@ memory. The core switches them on through four entry points and never reaches in
   dequantised once per block (1.5x at one prompt, 1.3x at eight without AVX512-BF16;
   benchmarks/generation_4bit.py), then restored exactly; and the output layer given a
   contiguous input (1.7x on CPU, the same logits);
+- `folded_lora`: in fp32, each LoRA layer served by one product with its adapter folded into
+  its weight, not three (a fine-tuned model's decoding step 10-15% faster on an AVX2 CPU;
+  peft's logits to fp32 rounding; tests/test_folded_lora.py);
 - `shared_prefix`: a prefix every prompt shares (system prompt, few-shot examples) kept
   once in the cache and read once per generated token (3-shot evaluation 135 -> 79 s;
   tests/test_shared_prefix.py).
@@ -49,6 +52,7 @@ import torch
 
 from ftkit.fast.common import cache_name
 from ftkit.fast.cpu_memory import HeapRelease, cap_onednn_kernels, return_freed_memory
+from ftkit.fast.folded_lora import folded_lora
 from ftkit.fast.generation_4bit import contiguous_logits_input, fast_4bit_generation
 from ftkit.fast.gguf_reading import read_gguf_once
 from ftkit.fast.lean_4bit import use_lean_4bit
@@ -125,10 +129,12 @@ def fast_generation(
     repacked kernel for products of a few rows and dequantised once for longer ones (a
     prompt's prefill: 5 to 20x faster per layer than that kernel on an AMX Xeon), the output
     layer given a contiguous input (1.7x on CPU; in fp32 its product taken as weight x
-    rows^T, 2-3x for 2 to 80 rows on an AVX2 CPU), and `prefix_ids` (shape (1, length): the
-    tokens all `batch` prompts start with) kept once in the cache and read once per token
-    (notebook 04's 3-shot evaluation 135 -> 79 s). The same logits up to rounding
-    (tests/test_models.py, test_evaluation.py, test_shared_prefix.py). Blocks nest: an outer
+    rows^T, 2-3x for 2 to 80 rows on an AVX2 CPU), in fp32 each LoRA adapter folded into its
+    layer's weight (one product, not three: a decoding step 10-15% faster on an AVX2 CPU,
+    benchmarks/folded_lora.py), and `prefix_ids` (shape (1, length): the tokens all `batch`
+    prompts start with) kept once in the cache and read once per token (notebook 04's
+    3-shot evaluation 135 -> 79 s). The same logits up to rounding (tests/test_models.py,
+    test_evaluation.py, test_shared_prefix.py, test_folded_lora.py). Blocks nest: an outer
     one around many batches prepares the 4-bit weights once. On leaving, the model is
     exactly as trainable as before. On a device this was not measured on (a GPU) the block
     changes nothing.
@@ -140,6 +146,7 @@ def fast_generation(
         prefix_ids = torch.empty((1, 0), dtype=torch.long)
     with (
         fast_4bit_generation(model),
+        folded_lora(model),
         contiguous_logits_input(model),
         keep_prefix_once(model, prefix_ids, batch) as cache,
     ):

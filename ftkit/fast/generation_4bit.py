@@ -79,13 +79,13 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
             saved.append((module, module.weight.data, state))
             module.support_avx512bf16_for_cpu = True
             if fits and "forward" not in vars(module):  # else a hook owns it (accelerate)
-                module.forward = _DenseForward(module, module.weight.data, state, PACKED_ROWS)
+                module.forward = DenseForward(module, module.weight.data, state, PACKED_ROWS)
                 dense.append(module)
     elif layers and _dense_weights_fit(layers):
         for module in layers:
             if "forward" in vars(module):  # a hook owns forward (accelerate): leave it be
                 continue
-            module.forward = _DenseForward(module)
+            module.forward = DenseForward(module)
             dense.append(module)
     served = [module for module, _, _ in saved] or dense
     for module in served:
@@ -108,7 +108,7 @@ def _dense_weights_fit(layers: list[torch.nn.Module]) -> bool:
     return dense_bytes <= psutil.virtual_memory().available / 4
 
 
-class _DenseForward:
+class DenseForward:
     """`bitsandbytes.nn.Linear4bit.forward` for inference on CPU, with the weight dequantised
     on the first call and kept, per dtype.
 
@@ -128,19 +128,24 @@ class _DenseForward:
         self.weights: dict[torch.dtype, torch.Tensor] = {}
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's weight dequantised into `dtype`, made on the first call and kept."""
         if dtype not in self.weights:
-            state = self.layer.weight.quant_state if self.state is None else self.state
-            data = self.layer.weight.data if self.data is None else self.data
-            absmax = state.absmax
-            if state.nested:
-                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-                    state.absmax, state.state2.absmax, state.state2.code, state.state2.blocksize,
-                    torch.float32,
-                ) + state.offset  # fmt: skip
-            self.weights[dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
-                data.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype,
-            )  # fmt: skip
+            self.weights[dtype] = self.dequantize(dtype)
         return self.weights[dtype]
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's weight dequantised into `dtype`: a fresh tensor each call."""
+        state = self.layer.weight.quant_state if self.state is None else self.state
+        data = self.layer.weight.data if self.data is None else self.data
+        absmax = state.absmax
+        if state.nested:
+            absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+                state.absmax, state.state2.absmax, state.state2.code, state.state2.blocksize,
+                torch.float32,
+            ) + state.offset  # fmt: skip
+        return torch.ops.bitsandbytes.dequantize_4bit.default(
+            data.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, dtype,
+        )  # fmt: skip
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer

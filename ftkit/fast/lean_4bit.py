@@ -111,6 +111,11 @@ def _lean_lora_4bit_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Ten
     return result.add_(output)
 
 
+def is_lean_forward(forward) -> bool:
+    """Whether `forward` (a module's own) is the lean 4-bit forward `use_lean_4bit` set."""
+    return getattr(forward, "__func__", None) is _lean_lora_4bit_forward
+
+
 def use_lean_4bit(model: torch.nn.Module) -> int:
     """Give every peft 4-bit LoRA layer in `model` the lean training forward; returns how many."""
     try:

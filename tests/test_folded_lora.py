@@ -91,6 +91,24 @@ def test_the_adapter_switches_off_inside_the_block_exactly(qlora, tickets):
     assert not torch.equal(on, base)
 
 
+def test_new_adapter_weights_inside_the_block_are_folded_again(tickets):
+    model, tokenizer = _adapted("qlora", torch.float32)
+    batch = _batch(tokenizer, tickets[:2])
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with fast_generation(model):
+        with torch.inference_mode():
+            first = model(**batch).logits
+        with torch.no_grad():  # a checkpoint loaded into the same adapter, in place
+            for parameter in lora_b:
+                parameter.mul_(-1)
+        with torch.inference_mode():
+            second = model(**batch).logits
+    with torch.inference_mode():
+        reference = model(**batch).logits  # peft's own layers, the new weights
+    assert (second - reference).abs().max() / reference.abs().max() < 1e-4
+    assert (second - first).abs().max() > 100 * (second - reference).abs().max()
+
+
 def test_blocks_nest_and_leave_every_forward_as_it_was(qlora):
     model, _ = qlora
     layers = _lora_layers(model)

@@ -4,11 +4,11 @@ layer and token instead of three.
 peft computes a LoRA layer as `base(x) + lora_B(lora_A(x)) * scaling`: the base product
 plus two thin ones, a scaling, a cast and an addition. While generating nothing trains, so
 inside `folded_lora` each such layer computes `x @ (W + scaling * B @ A)^T` instead, with
-that sum formed once per block (W dequantised as bitsandbytes' own `gemm_4bit` does for a
-4-bit base). The logits agree with peft's to fp32 rounding (the same sum, added in another
-order). A fine-tuned model's decoding step then costs what the base model's does: on the
-2-core AVX2-only EPYC, 140 -> 117 ms at 8 prompts, 263 -> 239 ms at 32, and the prefill
-14% less (benchmarks/RESULTS.md).
+that sum formed once per block, and again if the adapter's weights change in it (W
+dequantised as bitsandbytes' own `gemm_4bit` does for a 4-bit base). The logits agree with
+peft's to fp32 rounding (the same sum, added in another order). On the 2-core AVX2-only
+EPYC a fine-tune answered 80 test tickets in 54.9 s instead of 66.1, every reply the same
+(benchmarks/folded_lora.py, benchmarks/RESULTS.md).
 
 Only in fp32: in bf16 the sum would round the small LoRA term away against the weight
 (bf16 keeps 8 bits), where peft adds it in fp32. A layer is served folded only on calls
@@ -101,7 +101,7 @@ class _FoldedForward:
 
     def __init__(self, layer: torch.nn.Module, own=None) -> None:
         self.layer, self.own = layer, own
-        self.weights: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (version, weight)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self._adapter(x, args, kwargs)
@@ -146,9 +146,13 @@ class _FoldedForward:
         return name
 
     def weight(self, name: str) -> torch.Tensor:
-        """`W + scaling * B @ A` in fp32, formed on the first call for `name` and kept."""
-        if name not in self.weights:
-            layer = self.layer
+        """`W + scaling * B @ A` in fp32, formed on the first call for `name` and kept until
+        the adapter's weights change (a checkpoint loaded into it in place, a step trained)."""
+        layer = self.layer
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        version = (a.data_ptr(), a._version, b.data_ptr(), b._version, layer.scaling[name])
+        kept = self.weights.get(name)
+        if kept is None or kept[0] != version:
             base = layer.base_layer
             if _is_4bit(base):
                 served = vars(base).get("forward")
@@ -156,7 +160,6 @@ class _FoldedForward:
                 weight = source.dequantize(torch.float32)  # a fresh tensor, not the cached one
             else:
                 weight = base.weight.detach().to(torch.float32, copy=True)
-            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
             weight.addmm_(b.detach().float(), a.detach().float(), alpha=layer.scaling[name])
-            self.weights[name] = weight
-        return self.weights[name]
+            self.weights[name] = kept = (version, weight)
+        return kept[1]

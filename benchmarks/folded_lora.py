@@ -28,11 +28,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-@contextlib.contextmanager
-def _not_folded(model):
-    yield 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickets", nargs="+", type=int, default=[80, 40])
@@ -60,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = run.model, run.tokenizer
     approach = Approach("fine-tuned", model="finetuned")
     folded = ftkit.fast.folded_lora
-    sides = {"peft's layers": _not_folded, "folded": folded}
+    sides = {"peft's layers": lambda model: contextlib.nullcontext(0), "folded": folded}
     rows = []
     for n in args.tickets:
         test = subsample(data.test, n, seed=0, task=task)

@@ -23,11 +23,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psutil
 import torch
 
 from ftkit.fast.common import product_inputs
-from ftkit.fast.generation_4bit import DenseForward
+from ftkit.fast.generation_4bit import DenseForward, dense_weights_fit
 from ftkit.fast.lean_4bit import is_lean_forward
 
 _IN_BLOCK = "_ftkit_in_folded_lora_block"
@@ -45,8 +44,7 @@ def folded_lora(model: torch.nn.Module) -> Iterator[int]:
     from peft.tuners.lora import LoraLayer  # peft loads with the adapters, not with ftkit.fast
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and _foldable(m)]
-    dense_bytes = 4 * sum(_shape_size(module.base_layer) for module in layers)
-    if not layers or dense_bytes > psutil.virtual_memory().available / 4:
+    if not layers or not dense_weights_fit([module.base_layer for module in layers]):
         yield 0
         return
     kept = []
@@ -91,16 +89,13 @@ def _is_4bit(layer) -> bool:
     return isinstance(layer, Linear4bit)
 
 
-def _shape_size(layer: torch.nn.Module) -> int:
-    return layer.in_features * layer.out_features
-
-
 class _FoldedForward:
     """A LoRA layer's forward inside `folded_lora`: the folded product where it computes
     what peft would, else the layer's own forward (`own`, or peft's)."""
 
     def __init__(self, layer: torch.nn.Module, own=None) -> None:
         self.layer, self.own = layer, own
+        self.four_bit = _is_4bit(layer.base_layer)  # decided once: this is on every token's path
         self.weights: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (version, weight)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -110,7 +105,7 @@ class _FoldedForward:
                 return self.own(x, *args, **kwargs)
             return type(self.layer).forward(self.layer, x, *args, **kwargs)
         base = self.layer.base_layer
-        if _is_4bit(base):
+        if self.four_bit:
             x, bias, out_dtype = product_inputs(base, x)
         else:
             bias, out_dtype = base.bias, x.dtype
@@ -154,7 +149,7 @@ class _FoldedForward:
         kept = self.weights.get(name)
         if kept is None or kept[0] != version:
             base = layer.base_layer
-            if _is_4bit(base):
+            if self.four_bit:
                 served = vars(base).get("forward")
                 source = served if isinstance(served, DenseForward) else DenseForward(base)
                 weight = source.dequantize(torch.float32)  # a fresh tensor, not the cached one

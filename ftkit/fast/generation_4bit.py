@@ -72,7 +72,7 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
     ]
     saved, dense = [], []
     if has_avx512bf16():
-        fits = _dense_weights_fit(layers)
+        fits = dense_weights_fit(layers)
         for module in layers:
             with torch.inference_mode(False):  # a copy that is not an inference tensor
                 state = copy.deepcopy(module.weight.quant_state)
@@ -81,7 +81,7 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
             if fits and "forward" not in vars(module):  # else a hook owns it (accelerate)
                 module.forward = DenseForward(module, module.weight.data, state, PACKED_ROWS)
                 dense.append(module)
-    elif layers and _dense_weights_fit(layers):
+    elif layers and dense_weights_fit(layers):
         for module in layers:
             if "forward" in vars(module):  # a hook owns forward (accelerate): leave it be
                 continue
@@ -102,7 +102,7 @@ def fast_4bit_generation(model: torch.nn.Module) -> Iterator[int]:
             delattr(module, _IN_FAST_BLOCK)
 
 
-def _dense_weights_fit(layers: list[torch.nn.Module]) -> bool:
+def dense_weights_fit(layers: list[torch.nn.Module]) -> bool:
     """Whether the layers' weights, dense in fp32, take at most a quarter of free memory."""
     dense_bytes = 4 * sum(m.in_features * m.out_features for m in layers)
     return dense_bytes <= psutil.virtual_memory().available / 4

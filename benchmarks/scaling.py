@@ -39,11 +39,9 @@ def worker(length: int, batch: int, steps: int) -> dict:
     from ftkit.config import TrainConfig
     from ftkit.fast import speed_up_training
     from ftkit.hardware import choose_precision, detect_hardware
-    from ftkit.models import quiet_bitsandbytes
     from ftkit.trainer import _KeepLabelledPositions, causal_lm_loss
     from ftkit.training import add_adapters, load_for_training
 
-    quiet_bitsandbytes()
     config = TrainConfig(method="qlora")
     precision = choose_precision(detect_hardware())
     model, _ = load_for_training(config, precision)

@@ -291,11 +291,9 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
     import tempfile
 
     from ftkit.hardware import choose_precision, detect_hardware
-    from ftkit.models import quiet_bitsandbytes
     from ftkit.trainer import loss_on, micro_batch_budget
     from ftkit.training import load_for_training
 
-    quiet_bitsandbytes()
     train, validation = _data(limit)
     config = _config(method, seed, grouping, micro)
     precision = choose_precision(detect_hardware())

@@ -12,6 +12,8 @@ top. `import ftkit` is cheap: each name below is imported from its module on fir
 import importlib
 import warnings
 
+from ftkit.noise import quiet_bitsandbytes
+
 __version__ = "0.1.0"
 
 # peft asks transformers 5 a renamed question on every adapter it wraps; the FutureWarning is
@@ -19,6 +21,9 @@ __version__ = "0.1.0"
 warnings.filterwarnings(
     "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
 )
+
+# bitsandbytes' harmless notices, dropped before peft or transformers first import it
+quiet_bitsandbytes()
 
 _MODULES = {  # module -> the public names ftkit re-exports from it
     "ftkit.cache": ("verify_cache",),

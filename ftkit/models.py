@@ -16,7 +16,6 @@ One function, `load_model`, serves every notebook. What it adds over
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import socket
 import time
@@ -213,26 +212,6 @@ def keep_4bit_trainable(model: torch.nn.Module) -> int:
     return fixed
 
 
-class _BitsandbytesNoise(logging.Filter):
-    """Drops two bitsandbytes messages that alarm learners and need no action:
-    the per-matmul notice that int8 inputs are cast to fp16, and the failure to fetch
-    optional CPU kernels from the hub (the `kernels` package; ftkit does not install it,
-    and bitsandbytes falls back to its built-in kernels)."""
-
-    NOISE = ("inputs will be cast from", "from kernels-community")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in self.NOISE)
-
-
-def quiet_bitsandbytes() -> None:
-    """Filter bitsandbytes' harmless noise (see `_BitsandbytesNoise`); safe to call often."""
-    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _BitsandbytesNoise) for f in logger.filters):
-            logger.addFilter(_BitsandbytesNoise())
-
-
 def load_model(
     name_or_path: str | os.PathLike = EMBEDDED_MODEL,
     quantization: str | None = None,
@@ -297,7 +276,6 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
     from transformers import AutoModelForCausalLM
 
-    quiet_bitsandbytes()
     if quantization and device == "mps":
         raise ModelLoadError("bitsandbytes quantisation does not run on Apple MPS; use None.")
     options = {

@@ -8,6 +8,7 @@ numbers those machines report (a Colab T4: compute capability 7.5, 14.7 GiB).
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
@@ -186,3 +187,23 @@ def test_doctor_on_this_machine():
     assert rows["bitsandbytes 4-bit"].ok, rows["bitsandbytes 4-bit"].value
     assert rows["track"].value.startswith(f"{report.hardware.track}: ")
     assert detect_torch_build(report.hardware).version == torch.__version__
+
+
+def test_import_ftkit_drops_bitsandbytes_notices_and_nothing_else():
+    """The hub-kernels notice bitsandbytes logs while being imported on AVX512-BF16 CPUs
+    (before any ftkit function runs) is dropped from `import ftkit` on; other messages of the
+    same logger still show."""
+    code = (
+        "import logging, ftkit\n"
+        "import bitsandbytes\n"  # on an AVX512-BF16 CPU this logs the notice itself
+        "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
+        "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: no kernels')\n"
+        "log.warning('a message that matters')\n"
+        "logging.getLogger('bitsandbytes.autograd._functions').warning(\n"
+        "    'MatMul8bitLt: inputs will be cast from torch.float32 to float16')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "a message that matters" in result.stderr
+    assert "kernels-community" not in result.stderr
+    assert "inputs will be cast from" not in result.stderr

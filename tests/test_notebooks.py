@@ -10,6 +10,7 @@ import pytest
 
 from ftkit.course.notebooks import series_notebooks, solution_notebooks
 from ftkit.course.runner import run_notebook
+from ftkit.noise import BITSANDBYTES_NOISE
 from ftkit.runs import SMOKE_RUNS_ENV
 
 SOLUTIONS = solution_notebooks()
@@ -155,6 +156,8 @@ def _check(name: str, executed, expected: dict = EXPECTED) -> None:
     assert name in expected, f"say in EXPECTED what {name}.ipynb must show"
     for marker in expected[name]:
         assert marker in text, f"{name}.ipynb should show {marker!r}"
+    for noise in (t for texts in BITSANDBYTES_NOISE.values() for t in texts):
+        assert noise not in text, f"{name}.ipynb shows bitsandbytes' notice {noise!r}"
     if name.endswith("_solutions"):
         assert text.count("<b>Correct.</b>") == len(EXPECTED[name])
         assert "Not yet" not in text

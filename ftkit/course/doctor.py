@@ -330,10 +330,6 @@ def _resource_checks(hardware: HardwareInfo, cache_dir: Path) -> list[Check]:
 
 def _bitsandbytes_check(hardware: HardwareInfo) -> Check:
     """Quantise a small matrix to 4-bit NF4 and back, on the device we will use."""
-    # deferred: ftkit.models imports torch, which `doctor` checked first
-    from ftkit.models import quiet_bitsandbytes
-
-    quiet_bitsandbytes()
     try:
         import bitsandbytes.functional as bnbf
         import torch

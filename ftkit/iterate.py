@@ -32,6 +32,7 @@ from ftkit.evaluation import Approach, ApproachResult, class_pairs, evaluate_app
 from ftkit.reuse import load_adapter_into
 from ftkit.runs import Run, adapter_source, load_run, read_run
 from ftkit.task import Task
+from ftkit.trainer import loss_on
 
 
 def class_of(example, field: str) -> str:
@@ -187,30 +188,49 @@ def score_checkpoints(
     weights are swapped in (`ftkit.reuse.load_adapter_into`), so a checkpoint costs its
     generation only.
     """
+    scores = {}
+    for step, model, tokenizer in _each_checkpoint(run, steps, "score_checkpoints"):
+        scores[step] = evaluate_approach(
+            model, tokenizer, examples, Approach(f"step {step}", model="finetuned"), task,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, latency_sample=0,
+        )  # fmt: skip
+    return scores
+
+
+def checkpoint_losses(
+    run: str | Path | Run, examples: Sequence, steps: Sequence[int] | None = None
+) -> dict[int, float]:
+    """Each checkpoint's mean loss per answer token on `examples` (`ftkit.trainer.loss_on`,
+    the measure the run's validation and early stopping use), loaded as `score_checkpoints`
+    loads them: the base model once, each checkpoint's adapter swapped in."""
+    return {
+        step: loss_on(model, tokenizer, examples)
+        for step, model, tokenizer in _each_checkpoint(run, steps, "checkpoint_losses")
+    }
+
+
+def _each_checkpoint(run: str | Path | Run, steps: Sequence[int] | None, caller: str):
+    """(step, model, tokenizer) for each checkpoint at `steps` (all kept ones if None), one
+    model whose adapter weights are swapped in turn."""
     run = run if isinstance(run, Run) else read_run(run)
     if run.config.method == "full":
         raise ValueError(
-            f"score_checkpoints: {run.name!r} is a full fine-tune (a whole model per "
+            f"{caller}: {run.name!r} is a full fine-tune (a whole model per "
             "checkpoint): load each one with load_run(..., checkpoint=step) instead."
         )
     steps = list(run.checkpoints if steps is None else steps)
     if not steps:
-        raise ValueError(f"score_checkpoints: run {run.name!r} kept no checkpoints to score.")
+        raise ValueError(f"{caller}: run {run.name!r} kept no checkpoints to score.")
     missing = sorted(set(steps) - set(run.checkpoints))
     if missing:
         raise ValueError(
-            f"score_checkpoints: run {run.name!r} has no checkpoint at step(s) {missing}; it "
+            f"{caller}: run {run.name!r} has no checkpoint at step(s) {missing}; it "
             f"kept {run.checkpoints} (keep_checkpoints=None keeps them all)."
         )
     loaded = load_run(run.path, checkpoint=steps[0])
-    scores = {}
     for step in steps:
         load_adapter_into(loaded.model, adapter_source(run, step))
-        scores[step] = evaluate_approach(
-            loaded.model, loaded.tokenizer, examples, Approach(f"step {step}", model="finetuned"),
-            task, max_new_tokens=max_new_tokens, batch_size=batch_size, latency_sample=0,
-        )  # fmt: skip
-    return scores
+        yield step, loaded.model, loaded.tokenizer
 
 
 def choose_checkpoint(scores: dict[int, ApproachResult], metric: str) -> int:

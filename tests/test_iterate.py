@@ -14,6 +14,7 @@ from ftkit.course.iterating import bias_table_html
 from ftkit.evaluation import Approach, evaluate_approach
 from ftkit.iterate import (
     answer_shares,
+    checkpoint_losses,
     choose_checkpoint,
     class_counts,
     class_recall,
@@ -24,6 +25,7 @@ from ftkit.iterate import (
 )
 from ftkit.runs import load_run, read_run
 from ftkit.task_data import load_task_data
+from ftkit.trainer import loss_on
 from ftkit.training import train
 
 
@@ -145,6 +147,12 @@ def test_checkpoints_are_scored_as_if_each_were_loaded_alone(tmp_path, tickets):
     assert choose_checkpoint(tie, metric) == 1
     with pytest.raises(ValueError, match=r"no checkpoint at step\(s\) \[3\].*kept \[1, 2\]"):
         score_checkpoints(run, examples, task, [2, 3])
+    # the loss of each checkpoint, swapped in: as loss_on gives for that checkpoint alone
+    losses = checkpoint_losses(run, examples, [2, 1])
+    assert losses[1] == pytest.approx(loss_on(alone.model, alone.tokenizer, examples), abs=1e-5)
+    assert abs(losses[1] - losses[2]) > 1e-4
+    with pytest.raises(ValueError, match=r"checkpoint_losses: run 'kept' has no checkpoint"):
+        checkpoint_losses(run, examples, [3])
 
 
 def test_the_bias_table_counts_every_test_example_and_escapes_names(tickets):

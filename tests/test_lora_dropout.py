@@ -1,5 +1,5 @@
-"""LoRA dropout fused into lora_A: the mask's distribution, exact gradients for a given
-mask (fp32 and bf16 autocast), and the embedded model's adapters keeping their keys."""
+"""LoRA dropout fused into lora_A: the dropped positions' distribution, exact gradients for a
+given mask (fp32 and bf16 autocast), and the embedded model's adapters keeping their keys."""
 
 from __future__ import annotations
 
@@ -8,61 +8,68 @@ import torch
 
 from ftkit.config import TrainConfig
 from ftkit.fast import speed_up_training
-from ftkit.fast.lora_dropout import (
-    DropoutLinear,
-    fuse_lora_dropout,
-    keep_mask,
-    pack_bits,
-    unpack_bits,
-)
+from ftkit.fast.lora_dropout import DropoutLinear, dropped_positions, fuse_lora_dropout
 from ftkit.models import load_model
 from ftkit.training import add_adapters
 
 
-@pytest.mark.parametrize("p", [0.0, 0.05, 0.5])
-def test_the_keep_mask_keeps_one_minus_p(p):
+def _keep(shape, p, seed):
+    """The keep mask `DropoutLinear` draws after `torch.manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    keep = torch.ones(shape, dtype=torch.bool)
+    keep.view(-1)[dropped_positions(keep.numel(), p, keep.device)] = False
+    return keep
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_each_position_is_dropped_with_probability_p_independently(p):
+    count = 1000 * 999
     torch.manual_seed(0)
-    mask = keep_mask(torch.Size([1000, 999]), p, torch.device("cpu"))
-    assert mask.dtype == torch.bool and mask.shape == (1000, 999)
-    assert abs(mask.float().mean().item() - (1 - p)) < 0.002  # 999,000 draws: 5 sigma
-    columns = mask.float().mean(0)  # no position is favoured (the four 16-bit lanes)
-    assert abs(columns[0::4].mean() - columns[3::4].mean()) < 0.01
-    torch.manual_seed(0)
-    assert torch.equal(mask, keep_mask(torch.Size([1000, 999]), p, torch.device("cpu")))
+    positions = dropped_positions(count, p, torch.device("cpu"))
+    assert positions.dtype == torch.int64
+    assert torch.equal(positions, positions.unique())  # sorted, no position twice
+    assert int(positions[0]) >= 0 and int(positions[-1]) < count
+    keep = _keep((1000, 999), p, seed=0)
+    sigma = (p * (1 - p) / count) ** 0.5
+    assert abs(keep.logical_not().float().mean().item() - p) < 5 * sigma
+    columns = keep.float().mean(0)  # no position is favoured: first and last columns alike
+    assert abs(columns[:100].mean() - columns[-100:].mean()) < 10 * (p * (1 - p) / 1e5) ** 0.5
+    # neighbours independent: both dropped with probability p squared
+    drop = keep.logical_not().view(-1)
+    both = (drop[1:] & drop[:-1]).float().mean().item()
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / count) ** 0.5
+    assert torch.equal(keep, _keep((1000, 999), p, seed=0))  # the seed decides
+    assert not torch.equal(keep, _keep((1000, 999), p, seed=1))
 
 
-@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 7), (2, 94, 576)])
-def test_masks_pack_to_one_bit_per_value_and_back(shape):
-    torch.manual_seed(0)
-    mask = torch.rand(shape) < 0.9
-    packed = pack_bits(mask)
-    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
-    assert torch.equal(unpack_bits(packed, mask.shape), mask)
-    one = torch.zeros(9, dtype=torch.bool)
-    one[7] = one[8] = True  # bit order: value i is bit i % 8 of byte i // 8
-    assert pack_bits(one).tolist() == [128, 1]
+def test_no_dropout_drops_nothing_and_certain_dropout_everything():
+    cpu = torch.device("cpu")
+    assert dropped_positions(1000, 0.0, cpu).numel() == 0
+    assert dropped_positions(0, 0.05, cpu).numel() == 0
+    assert dropped_positions(7, 1.0, cpu).tolist() == list(range(7))
+    sizes = [dropped_positions(3, 0.05, cpu).numel() for _ in range(2000)]  # a tiny input
+    assert max(sizes) <= 3 and abs(sum(sizes) / (3 * 2000) - 0.05) < 0.015
 
 
-def test_training_keeps_the_mask_as_bits():
+def test_training_keeps_the_dropped_positions_not_a_copy():
     layer = DropoutLinear(576, 16, bias=False)
     layer.p = 0.05
     x = torch.randn(8, 94, 576, requires_grad=True)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         layer(x)
-    masks = [t for t in kept if t.dtype == torch.uint8]
-    assert [m.numel() for m in masks] == [x.numel() // 8]
+    positions = [t for t in kept if t.dtype == torch.int32]
+    assert len(positions) == 1 and abs(positions[0].numel() / x.numel() - 0.05) < 0.005
     assert {t.data_ptr() for t in kept} == {
         x.data_ptr(),
         layer.weight.data_ptr(),
-        masks[0].data_ptr(),
+        positions[0].data_ptr(),
     }
 
 
 def _reference(x, weight, p, seed):
     """peft's computation, lora_A(dropout(x)), with the mask DropoutLinear draws."""
-    torch.manual_seed(seed)
-    keep = keep_mask(x.shape, p, x.device)
+    keep = _keep(x.shape, p, seed)
     return torch.nn.functional.linear(x * keep / (1 - p), weight)
 
 

@@ -9,6 +9,7 @@ and sample answers come from that run.
 from __future__ import annotations
 
 import base64
+import os
 import re
 
 import nbformat
@@ -17,7 +18,7 @@ import pytest
 from ftkit.comparison import Comparison
 from ftkit.course.cli import main
 from ftkit.course.report import marked_outputs, notebook_plots, write_report
-from ftkit.course.runner import NotebookFailed, prepare_dataset, run_notebook
+from ftkit.course.runner import NotebookFailed, kernel_config, prepare_dataset, run_notebook
 from ftkit.evaluation import Approach, ApproachResult, Prediction
 from ftkit.scoring import score_predictions
 from ftkit.shipped import dataset_dir
@@ -84,6 +85,16 @@ def test_progress_line_per_section_with_parameters_injected(tiny, tmp_path):
     # run in the executed copy's folder, so runs/ never lands beside the (installed) notebook
     assert f"cwd {run.output.parent}" in out and "mode smoke" in out
     assert "exercises ran" in _text(executed.cells[-1])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets: Linux and macOS")
+def test_the_kernel_talks_over_private_sockets_not_tcp(tiny, tmp_path, capfd):
+    run = run_notebook(tiny, tmp_path / "out" / tiny.name, mode="smoke", log=lambda _: None)
+    assert "passed" in _text(nbformat.read(run.output, as_version=4).cells[7])
+    # the kernel inherits this process's stderr: ipykernel 7 warns there on TCP
+    assert "without encryption" not in capfd.readouterr().err
+    settings = kernel_config(tmp_path).KernelManager
+    assert settings.transport == "ipc" and settings.ip == str(tmp_path.resolve() / "kernel")
 
 
 def test_a_failing_cell_is_named_and_the_partial_notebook_saved(tiny, tmp_path):

@@ -133,15 +133,16 @@ def run_notebook(
         nbformat.write(notebook, output)  # the executed part so far, readable during a run
 
     timer = SectionTimer(notebook, section_done)
+    sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3",
+        notebook, timeout=timeout, kernel_name="python3", config=kernel_config(sockets.name),
         resources={"metadata": {"path": str(output.parent)}},  # cwd: the executed copy's folder
         on_cell_execute=timer.cell_execute, on_cell_executed=timer.cell_executed,
     )  # fmt: skip
     log(f"[ftkit] {path.name}: running in {mode} mode ...")
     started = time.perf_counter()
     try:
-        with _kernel_progress(path.name[:2], log):
+        with sockets, _kernel_progress(path.name[:2], log):
             client.execute()
     except Exception as error:  # a cell raised, timed out, or the kernel died
         nbformat.write(notebook, output)
@@ -151,6 +152,20 @@ def run_notebook(
     cells = sum(s.cells for s in timer.ran())
     log(f"[ftkit] {path.name}: done, {cells} code cells in {seconds:.0f} s -> {output}")
     return NotebookRun(path.name, output, mode, seconds, cells, timer.ran())
+
+
+def kernel_config(folder: str | os.PathLike):
+    """The kernel manager's settings for a headless run: on Linux and macOS the kernel talks
+    over Unix sockets in `folder` (a private temporary one: mode 700) instead of TCP on
+    localhost, which any local user can reach and which ipykernel 7 warns about at every
+    start ("Kernel is running over TCP without encryption"); elsewhere TCP, as before. The
+    sockets' path is absolute: the kernel runs in another folder than this process."""
+    from traitlets.config import Config  # deferred: with nbclient, only for a run
+
+    if os.name != "posix":
+        return Config()
+    sockets = str(Path(folder).resolve() / "kernel")
+    return Config({"KernelManager": {"transport": "ipc", "ip": sockets}})
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@ memory. The core switches them on through four entry points and never reaches in
 
 `speed_up_training(model, lean_layers)`, on a model with its LoRA adapters, before training:
 
-- `lora_dropout`: LoRA's dropout fused into `lora_A`, its mask kept as one bit per value
-  (a fifth of a QLoRA step was torch's Bernoulli sampler; tests/test_lora_dropout.py);
+- `lora_dropout`: LoRA's dropout fused into `lora_A`, drawing and keeping only the dropped
+  positions (a fifth of a QLoRA step was torch's Bernoulli sampler, then 14% a 16-bit draw
+  per value; tests/test_lora_dropout.py);
 - `lean_layers` (with `lean_layers=True`): frozen RMS norms, SwiGLU and short attention
   that keep less for the backward pass (709 MiB kept per QLoRA step, of which the norms
   99 and SwiGLU 198; tests/test_lean_layers.py);

@@ -101,6 +101,25 @@ def test_gradients_match_dropout_then_linear_for_the_same_mask(autocast):
         torch.testing.assert_close(fused, plain, **tolerance)
 
 
+def test_an_input_that_is_a_strided_view_drops_by_its_logical_order():
+    torch.manual_seed(3)
+    layer = DropoutLinear(24, 4, bias=False)
+    layer.p = 0.3
+    base = torch.randn(24, 6, 5)
+    outputs, grads = [], []
+    for x in (base.transpose(0, 2), base.transpose(0, 2).contiguous()):  # (5, 6, 24)
+        x = x.detach().requires_grad_(True)
+        torch.manual_seed(9)
+        out = layer(x)
+        out.sum().backward()
+        outputs.append(out)
+        grads.append(x.grad)
+    assert not base.transpose(0, 2).is_contiguous()
+    torch.testing.assert_close(outputs[0], outputs[1], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+    torch.testing.assert_close(outputs[0], _reference(base.transpose(0, 2), layer.weight, 0.3, 9))
+
+
 def test_eval_mode_and_no_grad_are_the_plain_layer():
     torch.manual_seed(2)
     layer = DropoutLinear(16, 4, bias=False)

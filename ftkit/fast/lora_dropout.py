@@ -60,8 +60,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _dropped_copy(x: torch.Tensor, dtype: torch.dtype, positions: torch.Tensor) -> torch.Tensor:
-    """A copy of `x` in `dtype` with the values at the flat `positions` set to zero."""
-    copy = x.to(dtype, copy=True)
+    """A contiguous copy of `x` in `dtype` with the values at the flat `positions` (in `x`'s
+    logical order, whatever its strides) set to zero."""
+    copy = x.to(dtype, copy=True, memory_format=torch.contiguous_format)
     copy.view(-1).index_fill_(0, positions, 0)
     return copy
 

@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftkit import progress
 from ftkit.course.notebooks import (
@@ -37,6 +38,9 @@ from ftkit.course.report import write_report
 from ftkit.runs import SMOKE_RUNS_ENV
 from ftkit.shipped import shipped_datasets
 from ftkit.task_data import load_task_data
+
+if TYPE_CHECKING:
+    from traitlets.config import Config
 
 MODES = ("full", "smoke")
 
@@ -154,7 +158,7 @@ def run_notebook(
     return NotebookRun(path.name, output, mode, seconds, cells, timer.ran())
 
 
-def kernel_config(folder: str | os.PathLike):
+def kernel_config(folder: str | os.PathLike) -> Config:
     """The kernel manager's settings for a headless run: on Linux and macOS the kernel talks
     over Unix sockets in `folder` (a private temporary one: mode 700) instead of TCP on
     localhost, which any local user can reach and which ipykernel 7 warns about at every

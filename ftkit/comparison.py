@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ftkit.baseline import CLASSICAL
 from ftkit.evaluation import (
+    EVAL_BATCH,
     GIVE_UP_AFTER,
     Approach,
     ApproachResult,
@@ -199,7 +200,7 @@ def compare(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH,
     latency_sample: int = 8,
     n_resamples: int = 1000,
     seed: int = 0,

@@ -42,6 +42,10 @@ from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
 from ftkit.task import Task, answer_of, parse_json
 
 GIVE_UP_AFTER = 24  # tokens a JSON answer that cannot be JSON gets before it is cut (still shown)
+# Prompts generated together. 64 rather than 32: notebook 04's seven approaches on 160 test
+# tickets took 303 s against 327 on the 2-core AVX512-BF16 CPU (fewer, fuller decoding
+# steps; peak memory of the longest prompts 1.50 GiB against 1.55; benchmarks/RESULTS.md).
+EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def evaluate_approach(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH,
     latency_sample: int = 8,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -255,7 +259,7 @@ def generate_answers(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH,
     latency_sample: int = 0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftkit.evaluation import EVAL_BATCH
 from ftkit.generation import generate_replies
 from ftkit.metrics import mean_with_ci
 
@@ -165,12 +166,13 @@ class ProbeResult:
 
 def run_probe(
     model, tokenizer, items: Sequence[ProbeItem], name: str, max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH,
 ) -> ProbeResult:  # fmt: skip
     """Ask every item of the probe (greedy, one user message each) and check the replies.
 
     `model` may be a PeftModel: run it inside `model.disable_adapter()` to probe the base
-    model under the adapter.
+    model under the adapter. The 40 shipped questions fit one batch: 9 s, not 13 in batches
+    of 16, on the 2-core AVX512-BF16 CPU.
     """
     items = list(items)
     if not items:

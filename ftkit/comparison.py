@@ -19,12 +19,12 @@ from pathlib import Path
 
 from ftkit.baseline import CLASSICAL
 from ftkit.evaluation import (
-    EVAL_BATCH,
     GIVE_UP_AFTER,
     Approach,
     ApproachResult,
     Prediction,
     answer_budget,
+    eval_batch_size,
     evaluate_approach,
     pick_shots,
     restrict,
@@ -200,7 +200,7 @@ def compare(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
     latency_sample: int = 8,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -216,6 +216,7 @@ def compare(
     """
     examples = list(examples)
     max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
+    batch_size = batch_size or eval_batch_size(model)
     results = {}
     for approach in approaches:
         started = time.perf_counter()

@@ -34,7 +34,7 @@ from ftkit.constrained import (
     token_bound,
     xgrammar_available,
 )
-from ftkit.fast import fast_generation
+from ftkit.fast import fast_generation, measured_on
 from ftkit.generation import Messages, Reply, generate_replies, stop_token_ids
 from ftkit.progress import TerminalProgress
 from ftkit.retrieval import retrieve_shots
@@ -42,10 +42,8 @@ from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
 from ftkit.task import Task, answer_of, parse_json
 
 GIVE_UP_AFTER = 24  # tokens a JSON answer that cannot be JSON gets before it is cut (still shown)
-# Prompts generated together. 64 rather than 32: notebook 04's seven approaches on 160 test
-# tickets took 303 s against 327 on the 2-core AVX512-BF16 CPU (fewer, fuller decoding
-# steps; peak memory of the longest prompts 1.50 GiB against 1.55; benchmarks/RESULTS.md).
-EVAL_BATCH = 64
+EVAL_BATCH = 64  # prompts generated together on a CPU (see eval_batch_size)
+OTHER_DEVICES_BATCH = 32  # elsewhere: what the GPU check ran with on the H200
 
 
 @dataclass(frozen=True)
@@ -213,6 +211,20 @@ class ApproachResult:
         ]  # fmt: skip
 
 
+def eval_batch_size(model) -> int:
+    """How many prompts `evaluate_approach` generates together unless told: `EVAL_BATCH` (64)
+    on a CPU, `OTHER_DEVICES_BATCH` (32) on other devices.
+
+    On the 2-core AVX512-BF16 CPU, 64 against 32 took notebook 04's seven approaches on 160
+    test tickets from 327 to 303 s (fewer, fuller decoding steps), at the same peak memory
+    (1.50 GiB against 1.55 for the longest prompts): there a prefix all prompts share is kept
+    once (`ftkit.fast.shared_prefix`). On a GPU the libraries' own cache holds it once per
+    prompt, and a 7-8B model's cache for 64 few-shot prompts of 900 tokens would take about
+    7 GiB of a 16 GiB T4, twice what 32 take.
+    """
+    return EVAL_BATCH if measured_on(model) else OTHER_DEVICES_BATCH
+
+
 def evaluate_approach(
     model,
     tokenizer,
@@ -222,7 +234,7 @@ def evaluate_approach(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
     latency_sample: int = 8,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -232,7 +244,8 @@ def evaluate_approach(
     """Generate `approach`'s answers for every example, score them and measure their cost.
 
     `model` is the fine-tuned PeftModel: base approaches run it with the adapter off.
-    `max_new_tokens` defaults to `answer_budget`. Batches read a shared system prompt and
+    `max_new_tokens` defaults to `answer_budget`, `batch_size` to `eval_batch_size`. Batches
+    read a shared system prompt and
     shots once (`generate_replies(share_prefix=True)`); latency is measured one request at a
     time, without that sharing, on the first `latency_sample` examples: what one user waits
     for. For a json task an answer that can no longer be valid JSON is cut after
@@ -259,7 +272,7 @@ def generate_answers(
     shot_pool: Sequence = (),
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
     latency_sample: int = 0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
@@ -271,6 +284,7 @@ def generate_answers(
     examples = list(examples)
     shots = shots_for(approach, examples, shot_pool, task, seed)
     max_new_tokens = max_new_tokens or answer_budget(task, examples, tokenizer)
+    batch_size = batch_size or eval_batch_size(model)
     give_up_after = give_up_after if task.answer == "json" else None
     constraint = None
     if approach.constrained:  # valid by construction: nothing to give up on, a token bound

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftkit.evaluation import EVAL_BATCH
+from ftkit.evaluation import eval_batch_size
 from ftkit.generation import generate_replies
 from ftkit.metrics import mean_with_ci
 
@@ -166,13 +166,14 @@ class ProbeResult:
 
 def run_probe(
     model, tokenizer, items: Sequence[ProbeItem], name: str, max_new_tokens: int = 48,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
 ) -> ProbeResult:  # fmt: skip
     """Ask every item of the probe (greedy, one user message each) and check the replies.
 
     `model` may be a PeftModel: run it inside `model.disable_adapter()` to probe the base
-    model under the adapter. The 40 shipped questions fit one batch: 9 s, not 13 in batches
-    of 16, on the 2-core AVX512-BF16 CPU.
+    model under the adapter. `batch_size` defaults to `ftkit.evaluation.eval_batch_size`: on a
+    CPU the 40 shipped questions in one batch (9 s, not 13 in batches of 16, on the 2-core
+    AVX512-BF16 CPU).
     """
     items = list(items)
     if not items:
@@ -180,7 +181,8 @@ def run_probe(
     prompts = [[{"role": "user", "content": item.prompt}] for item in items]
     replies = [r.text for r in generate_replies(model, tokenizer, prompts,
                                                 max_new_tokens=max_new_tokens,
-                                                batch_size=batch_size)]  # fmt: skip
+                                                batch_size=batch_size
+                                                or eval_batch_size(model))]  # fmt: skip
     passed = [passes(item, reply) for item, reply in zip(items, replies, strict=True)]
     return ProbeResult(name, items, replies, passed)
 

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ftkit.config import TrainConfig, TrainingError
-from ftkit.evaluation import EVAL_BATCH, Approach, ApproachResult, class_pairs, evaluate_approach
+from ftkit.evaluation import Approach, ApproachResult, class_pairs, evaluate_approach
 from ftkit.reuse import load_adapter_into
 from ftkit.runs import Run, adapter_source, load_run, read_run
 from ftkit.task import Task
@@ -179,7 +179,7 @@ def runtime_memory_gb() -> float:
 
 def score_checkpoints(
     run: str | Path | Run, examples: Sequence, task: Task, steps: Sequence[int] | None = None,
-    max_new_tokens: int | None = None, batch_size: int = EVAL_BATCH,
+    max_new_tokens: int | None = None, batch_size: int | None = None,
 ) -> dict[int, ApproachResult]:  # fmt: skip
     """Each checkpoint of a LoRA or QLoRA run (or those at `steps`) scored on `examples`.
 

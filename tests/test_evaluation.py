@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ftkit.comparison import Comparison, CurvePoint, compare, learning_curve, subsample
 from ftkit.config import TrainConfig
@@ -21,7 +22,15 @@ from ftkit.course.plots import (
     plot_quality_vs_cost,
 )
 from ftkit.course.widgets import Comparator, ComparisonControls, ErrorBrowser
-from ftkit.evaluation import Approach, build_prompt, pick_shots, standard_approaches
+from ftkit.evaluation import (
+    EVAL_BATCH,
+    OTHER_DEVICES_BATCH,
+    Approach,
+    build_prompt,
+    eval_batch_size,
+    pick_shots,
+    standard_approaches,
+)
 from ftkit.generation import generate_replies
 from ftkit.models import load_model
 from ftkit.scoring import score_predictions
@@ -69,6 +78,14 @@ def test_every_approach_answers_every_example(comparison):
         assert all(0 <= v <= 1 for v in result.scores.values())
         low, high = result.intervals[PRIMARY]
         assert low <= result.scores[PRIMARY] <= high
+
+
+def test_batches_are_64_prompts_on_a_cpu_and_32_elsewhere(peft_model, comparison):
+    model, _ = peft_model
+    assert eval_batch_size(model) == EVAL_BATCH == 64  # the embedded model, on this CPU
+    assert comparison.settings["batch_size"] == EVAL_BATCH  # the default, as resolved
+    on_meta = torch.nn.Linear(4, 4, device="meta")  # a device the speed-ups never ran on
+    assert eval_batch_size(on_meta) == OTHER_DEVICES_BATCH == 32
 
 
 def test_prompt_tokens_show_what_each_prompt_costs(comparison):

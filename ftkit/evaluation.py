@@ -245,11 +245,11 @@ def evaluate_approach(
 
     `model` is the fine-tuned PeftModel: base approaches run it with the adapter off.
     `max_new_tokens` defaults to `answer_budget`, `batch_size` to `eval_batch_size`. Batches
-    read a shared system prompt and
-    shots once (`generate_replies(share_prefix=True)`); latency is measured one request at a
-    time, without that sharing, on the first `latency_sample` examples: what one user waits
-    for. For a json task an answer that can no longer be valid JSON is cut after
-    `give_up_after` tokens in the batches: every score is the same as without the cut.
+    read a shared system prompt and shots once (`generate_replies(share_prefix=True)`);
+    latency is measured one request at a time, without that sharing, on the first
+    `latency_sample` examples: what one user waits for. For a json task an answer that can
+    no longer be valid JSON is cut after `give_up_after` tokens in the batches: every score
+    is the same as without the cut.
     """
     examples = list(examples)
     if not examples:

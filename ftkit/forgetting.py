@@ -179,10 +179,10 @@ def run_probe(
     if not items:
         raise ValueError("run_probe: no probe items (see load_probe).")
     prompts = [[{"role": "user", "content": item.prompt}] for item in items]
+    batch_size = batch_size or eval_batch_size(model)
     replies = [r.text for r in generate_replies(model, tokenizer, prompts,
                                                 max_new_tokens=max_new_tokens,
-                                                batch_size=batch_size
-                                                or eval_batch_size(model))]  # fmt: skip
+                                                batch_size=batch_size)]  # fmt: skip
     passed = [passes(item, reply) for item, reply in zip(items, replies, strict=True)]
     return ProbeResult(name, items, replies, passed)
 

@@ -1,6 +1,7 @@
 # ftkit: two commands (see README.md).
 #   make main   set up .venv and run the notebook series headless on the embedded model
-#               (make main DATA=your.jsonl: on your data, checked and split first)
+#               (make main DATA=your.jsonl: on your data, checked and split first;
+#               make main LANES=1: one notebook at a time, on every core; default 2 on a CPU)
 #   make test   set up .venv and run the whole test suite (what .ci/run calls)
 #
 # TORCH_SPEC is the torch build for this machine, chosen by ftkit/torch_install.py: a local
@@ -41,7 +42,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 main: setup
 	$(PY) -m ftkit doctor || true
 	$(PY) -m ftkit prepare
-	$(PY) -m ftkit run --mode full --out build $(if $(DATA),--data "$(DATA)")
+	$(PY) -m ftkit run --mode full --out build $(if $(DATA),--data "$(DATA)") $(if $(LANES),--lanes $(LANES))
 
 test: setup lint
 	$(PY) -m pytest

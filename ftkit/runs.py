@@ -49,9 +49,11 @@ class RunError(RuntimeError):
     """A run folder is missing, incomplete, or already taken; the message says what to do."""
 
 
-def runs_folder(mode: str) -> str:
+def runs_folder(mode: str, group: str | None = None) -> str:
     """Where a notebook keeps its runs: `runs/` beside it in full mode; in smoke mode a
-    scratch folder, so a quick check never touches (or reuses) a learner's runs.
+    scratch folder, so a quick check never touches (or reuses) a learner's runs. With a
+    `group`, a folder of that name inside it (notebook 05's many small runs: `runs/iterate`),
+    which `list_runs` of the outer folder does not list.
 
     The scratch folder is `$FTKIT_SMOKE_RUNS` when set: `ftkit.course.runner.run_series` sets it,
     so the notebooks of one smoke series share their runs as full mode's share `runs/`
@@ -60,16 +62,20 @@ def runs_folder(mode: str) -> str:
     gigabytes behind in the system's temporary folder.
     """
     if mode == "full":
-        return "runs"
+        return "runs" if group is None else f"runs/{group}"
     if mode != "smoke":
         raise ValueError(f'MODE must be "full" or "smoke", not {mode!r}.')
     shared = os.environ.get(SMOKE_RUNS_ENV)
     if shared:
-        Path(shared).mkdir(parents=True, exist_ok=True)
-        return shared
+        folder = Path(shared) if group is None else Path(shared) / group
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
     folder = tempfile.mkdtemp(prefix="ftkit-smoke-runs-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    if group is None:
+        return folder
+    (Path(folder) / group).mkdir()
+    return str(Path(folder) / group)
 
 
 def _is_main_process() -> bool:

@@ -80,11 +80,19 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     try:
-        run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters)
+        run_series(args.out, mode=args.mode, only=args.notebooks, parameters=parameters,
+                   lanes=args.lanes)  # fmt: skip
     except (NotebookFailed, FileNotFoundError) as error:
         print(f"[ftkit] {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _positive(text: str) -> int:
+    """argparse's type for a count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", help="a task.json saying what an answer is (else inferred)")
     run.add_argument("--lenient", action="store_true",
                      help="drop bad rows (each reported) instead of stopping at them")  # fmt: skip
+    run.add_argument("--lanes", type=_positive, default=None,
+                     help="notebooks run at a time, each on its share of the CPU cores "
+                     "(default: 2 on a CPU with the memory for it, else 1; 1: one after the "
+                     "other on every core)")  # fmt: skip
     run.add_argument("notebooks", nargs="*", help="prefixes such as 01 02 (default: all)")
     run.set_defaults(handler=_run)
     return parser

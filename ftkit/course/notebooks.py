@@ -9,8 +9,11 @@ headless runner (`ftkit.course.runner`) executes the package's own.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 SETUP = "Setup"  # the section of the cells above a notebook's first `## ` heading
@@ -55,6 +58,14 @@ def copy_notebooks(destination: str | Path, overwrite: bool = False) -> list[Pat
     return targets
 
 
+def notebook_needs(path: str | Path) -> list[str]:
+    """The notebooks (two-digit prefixes) whose results `path` reads, from its metadata's
+    `ftkit.after` list: notebook 04 and 06 read notebook 03's fine-tune, so the runner starts
+    them only once 03 is done (else each would train that run again itself, side by side)."""
+    metadata = json.loads(Path(path).read_text(encoding="utf-8")).get("metadata", {})
+    return [str(prefix) for prefix in metadata.get("ftkit", {}).get("after", [])]
+
+
 def cell_sections(notebook) -> list[str]:
     """The section title of every cell: the last `## ` heading above it (or `SETUP`).
 
@@ -89,3 +100,26 @@ class NotebookRun:
     seconds: float  # wall time, kernel start included
     cells: int  # code cells executed
     sections: list[SectionRun] = field(default_factory=list)  # in notebook order
+    threads: int | None = None  # CPU threads its kernel was given (None: the libraries' own)
+    started: float = 0.0  # when it started and ended (time.time()), for the series' wall clock
+    ended: float = 0.0
+
+
+def wall_clock(runs: Sequence[NotebookRun]) -> float | None:
+    """Seconds from the first notebook's start to the last one's end, or None when no two
+    runs overlapped (then the total of their times says it)."""
+    spans = sorted((r.started, r.ended) for r in runs if r.ended)
+    if len(spans) < 2 or all(end <= start for (_, end), (start, _) in pairwise(spans)):
+        return None
+    return max(end for _, end in spans) - spans[0][0]
+
+
+def lanes_note(runs: Sequence[NotebookRun]) -> str:
+    """`2 at a time, 1 CPU thread each`: how the runs shared the machine."""
+    most = max(sum(o.started <= r.started < o.ended for o in runs) for r in runs)
+    threads = sorted({r.threads for r in runs if r.threads})
+    if not threads:
+        return f"{most} at a time"
+    return f"{most} at a time, {'/'.join(map(str, threads))} CPU thread" + (
+        " each" if threads == [1] else "s each"
+    )

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ftkit.course.doctor import package_versions
-from ftkit.course.notebooks import NotebookRun, cell_sections
+from ftkit.course.notebooks import NotebookRun, cell_sections, lanes_note, wall_clock
 from ftkit.hardware import detect_hardware
 
 # Marker (the "ftkit" key of an output's metadata) -> heading of its part of the report.
@@ -146,6 +146,9 @@ def timings_html(runs: Sequence[NotebookRun]) -> str:
         f"<tr><th>total</th><th></th><th>{sum(r.cells for r in runs)}</th>"
         f"<th>{sum(r.seconds for r in runs):.0f}</th></tr>"
     )
+    if wall := wall_clock(runs):
+        total += f"<tr><th colspan='3'>wall clock ({html.escape(lanes_note(runs))})</th>"
+        total += f"<th>{wall:.0f}</th></tr>"
     head = "<tr><th>notebook</th><th>mode</th><th>cells</th><th>seconds</th></tr>"
     return f"<table>{head}{''.join(rows)}{total}</table>"
 

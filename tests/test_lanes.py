@@ -1,0 +1,155 @@
+"""The series in lanes: notebooks side by side, each kernel on its share of the cores, a
+notebook started only after those whose results it reads.
+
+Real kernels throughout: small notebooks written to a temporary folder (seconds each), and
+the smoke series the main job's code ran once (conftest's `smoke_series`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+
+from ftkit.course.cli import build_parser
+from ftkit.course.notebooks import lanes_note, notebook_needs, series_notebooks, wall_clock
+from ftkit.course.runner import (
+    LANE_MEMORY_GB,
+    NotebookFailed,
+    run_in_lanes,
+    run_notebook,
+    series_lanes,
+    summary_table,
+)
+from ftkit.hardware import HardwareInfo, detect_hardware
+from ftkit.runs import SMOKE_RUNS_ENV, list_runs, runs_folder
+
+
+def _notebook(folder, name: str, source: str, after: tuple[str, ...] = ()):
+    """A one-cell notebook `name` in `folder`, reading the notebooks `after` say."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
+                                       "display_name": "Python 3"}  # fmt: skip
+    if after:
+        notebook.metadata["ftkit"] = {"after": list(after)}
+    path = folder / name
+    nbformat.write(notebook, path)
+    return path
+
+
+def _printed(executed) -> str:
+    """What the last cell of an executed notebook (its path) printed."""
+    cell = nbformat.read(executed, as_version=4).cells[-1]
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+THREADS = "import os, torch\nprint(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
+
+
+def test_a_kernel_given_one_thread_computes_on_one(tmp_path):
+    import torch
+
+    path = _notebook(tmp_path, "98_threads.ipynb", THREADS)
+    capped = run_notebook(path, tmp_path / "one" / path.name, log=lambda _: None, threads=1)
+    assert _printed(capped.output).split() == ["1", "1"] and capped.threads == 1
+    free = run_notebook(path, tmp_path / "all" / path.name, log=lambda _: None)
+    # no cap: the kernel's default, as this process's (every core, or what the caller set)
+    assert _printed(free.output).split()[0] == str(torch.get_num_threads()) and free.threads is None
+
+
+def test_a_notebook_starts_only_after_the_one_it_reads(tmp_path):
+    sleep = "import time\ntime.sleep({})\nprint('ran')"
+    paths = [
+        _notebook(tmp_path, "01_a.ipynb", sleep.format(0)),
+        _notebook(tmp_path, "02_b.ipynb", sleep.format(1)),
+        _notebook(tmp_path, "03_c.ipynb", sleep.format(4)),  # what 04 reads
+        _notebook(tmp_path, "04_d.ipynb", sleep.format(0), after=("03",)),
+    ]
+    assert notebook_needs(paths[3]) == ["03"] and notebook_needs(paths[0]) == []
+    lines = []
+
+    def run_one(path):
+        return run_notebook(path, tmp_path / "out" / path.name, log=lines.append, threads=1)
+
+    runs = run_in_lanes(paths, 2, run_one, log=lines.append)
+    assert [r.notebook for r in runs] == [p.name for p in paths]  # series order, as given
+    assert all(_printed(r.output).strip() == "ran" for r in runs)
+    a, b, c, d = runs
+    # the one others wait for went first, beside 01 (in series order 01 and 02 would);
+    # 02 once 01 ended; 04 only after 03 ended
+    assert c.started < a.ended <= b.started and d.started >= c.ended
+    assert wall_clock(runs) < sum(r.seconds for r in runs)
+    assert lanes_note(runs) == "2 at a time, 1 CPU thread each"
+    assert "wall clock (2 at a time, 1 CPU thread each)" in summary_table(runs)
+
+
+def test_after_a_failure_no_other_notebook_starts(tmp_path):
+    paths = [
+        _notebook(tmp_path, "01_fails.ipynb", "raise ValueError('boom in 01')"),
+        _notebook(tmp_path, "02_slow.ipynb", "import time\ntime.sleep(3)\nprint('ran')"),
+        _notebook(tmp_path, "03_later.ipynb", "print('ran')"),
+    ]
+    out = tmp_path / "out"
+    lines = []
+
+    def run_one(path):
+        return run_notebook(path, out / path.name, log=lines.append, threads=1)
+
+    with pytest.raises(NotebookFailed, match=r"01_fails\.ipynb failed in cell \d .*boom in 01"):
+        run_in_lanes(paths, 2, run_one, log=lines.append)
+    # 02, already running, finished; 03 never started
+    assert _printed(out / "02_slow.ipynb").strip() == "ran"
+    assert not (out / "03_later.ipynb").exists()
+    assert any("01_fails.ipynb failed; waiting" in line for line in lines)
+
+
+def _machine(**changes) -> HardwareInfo:
+    here = detect_hardware()
+    cpu = {"device": "cpu", "device_name": "a CPU", "compute_capability": None,
+           "gpu_memory_gb": None, "bf16": False, "fp16": False, "cpu_cores": 2,
+           "ram_gb": 24.0, "ram_free_gb": 20.0, "disk_free_gb": here.disk_free_gb}  # fmt: skip
+    return HardwareInfo(**(cpu | changes))
+
+
+def test_two_lanes_on_a_cpu_with_the_cores_and_memory_for_them():
+    assert series_lanes(_machine()) == 2
+    assert series_lanes(_machine(cpu_cores=1)) == 1
+    assert series_lanes(_machine(ram_free_gb=2 * LANE_MEMORY_GB - 0.5)) == 1
+    cuda = _machine(device="cuda", device_name="NVIDIA T4", compute_capability=(7, 5),
+                    gpu_memory_gb=15.0, fp16=True)  # fmt: skip
+    assert series_lanes(cuda) == 1  # the GPU does the work; two kernels would share it
+    parser = build_parser()
+    assert parser.parse_args(["run", "--lanes", "1"]).lanes == 1
+    assert parser.parse_args(["run"]).lanes is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--lanes", "0"])
+
+
+def test_notebook_05_keeps_its_runs_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    assert runs_folder("full", "iterate") == "runs/iterate"
+    monkeypatch.setenv(SMOKE_RUNS_ENV, str(tmp_path / "shared"))
+    assert runs_folder("smoke", "iterate") == str(tmp_path / "shared" / "iterate")
+    assert (tmp_path / "shared" / "iterate").is_dir()
+    needs = {path.name[:2]: notebook_needs(path) for path in series_notebooks()}
+    assert needs["04"] == ["03"] and needs["06"] == ["03"]  # both read 03's fine-tune
+    assert needs["03"] == [] and needs["05"] == []  # 05 trains its own runs
+
+
+@pytest.mark.notebook
+def test_the_smoke_series_ran_in_lanes(smoke_series):
+    """The main job's own run: 04 and 06 after 03, and side by side where the machine has
+    the cores and memory for it."""
+    runs = smoke_series.runs
+    for reader in ("04", "06"):
+        assert runs[reader].started >= runs["03"].ended
+    if series_lanes() == 1:
+        assert wall_clock(list(runs.values())) is None
+        return
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert {run.threads for run in runs.values()} == {threads}
+    assert wall_clock(list(runs.values())) < sum(run.seconds for run in runs.values())
+    assert any("wall clock (2 at a time" in line for line in smoke_series.lines)
+    # notebook 05's runs stayed in their own folder, out of 03's listing
+    assert (smoke_series.runs_dir / "iterate").is_dir()
+    assert not any("-lr-" in run.name for run in list_runs(smoke_series.runs_dir))

@@ -100,9 +100,10 @@ class NotebookRun:
     seconds: float  # wall time, kernel start included
     cells: int  # code cells executed
     sections: list[SectionRun] = field(default_factory=list)  # in notebook order
-    threads: int | None = None  # CPU threads its kernel was given (None: the libraries' own)
+    threads: int | None = None  # CPU threads its kernel started on (None: the libraries' own)
     started: float = 0.0  # when it started and ended (time.time()), for the series' wall clock
     ended: float = 0.0
+    threads_at_end: int | None = None  # more than `threads` if it was left running alone
 
 
 def wall_clock(runs: Sequence[NotebookRun]) -> float | None:
@@ -115,11 +116,16 @@ def wall_clock(runs: Sequence[NotebookRun]) -> float | None:
 
 
 def lanes_note(runs: Sequence[NotebookRun]) -> str:
-    """`2 at a time, 1 CPU thread each`: how the runs shared the machine."""
+    """`2 at a time, 1 CPU thread each; 04 alone at the end on 2`: how the runs shared the
+    machine."""
     most = max(sum(o.started <= r.started < o.ended for o in runs) for r in runs)
     threads = sorted({r.threads for r in runs if r.threads})
     if not threads:
         return f"{most} at a time"
-    return f"{most} at a time, {'/'.join(map(str, threads))} CPU thread" + (
+    note = f"{most} at a time, {'/'.join(map(str, threads))} CPU thread" + (
         " each" if threads == [1] else "s each"
     )
+    for r in runs:
+        if r.threads and r.threads_at_end and r.threads_at_end > r.threads:
+            note += f"; {r.notebook[:2]} alone at the end on {r.threads_at_end}"
+    return note

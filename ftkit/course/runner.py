@@ -16,12 +16,14 @@ On a CPU the series runs in two lanes: two notebooks at a time, each kernel give
 the cores (`series_lanes`). On the course's 2-core machines one thread per kernel does
 0.62x of two threads' work (training and batched generation alike), so two notebooks side
 by side get 1.4x the work done in the same time (benchmarks/RESULTS.md). A notebook that
-reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`).
+reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`); one left
+running alone takes every core from its next cell on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import queue
 import sys
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftkit import progress
+from ftkit.catalog import EMBEDDED_MODEL
 from ftkit.course.notebooks import (
     NotebookRun,
     SectionRun,
@@ -54,8 +57,11 @@ if TYPE_CHECKING:
     from traitlets.config import Config
 
 MODES = ("full", "smoke")
-# Free memory a notebook of the series needs beside another one on a CPU, for `series_lanes`:
-LANE_MEMORY_GB = 6.0
+# Free memory a notebook of the series needs beside another one on a CPU, for
+# `series_lanes`: two lanes of the series on the embedded model peaked at 7.7 GiB used on
+# the whole machine (a fresh-clone `make main` on the 2-core AVX512-BF16 EPYC, 2026-12-06,
+# notebook 05's full fine-tune beside notebook 04's evaluation).
+LANE_MEMORY_GB = 4.0
 
 
 def _say(line: str) -> None:
@@ -126,13 +132,15 @@ def run_notebook(
     parameters: dict | None = None,
     timeout: int = 1800,
     log: Callable[[str], None] = _say,
-    threads: int | None = None,
+    threads: int | Callable[[], int | None] | None = None,
 ) -> NotebookRun:
     """Execute a notebook top to bottom in a fresh kernel with MODE (and more) injected.
 
     `timeout` is per cell, in seconds. `threads` caps the kernel's CPU threads (and those
     of the processes it starts) through `OMP_NUM_THREADS`; None leaves the libraries'
-    default, every core. On a failing cell the partly executed notebook is saved to
+    default, every core. A callable is asked at the start and again before every cell:
+    when its answer changes, the kernel changes its thread count before running the cell
+    (`set_threads_code`). On a failing cell the partly executed notebook is saved to
     `output` and `NotebookFailed` says where.
     """
     import nbformat
@@ -153,20 +161,38 @@ def run_notebook(
         nbformat.write(notebook, output)  # the executed part so far, readable during a run
 
     timer = SectionTimer(notebook, section_done)
+    wanted = threads if callable(threads) else lambda: threads
+    kernel_threads = [wanted()]  # what the kernel started on, then each change
+
+    async def before_cell(cell, cell_index: int, **_) -> None:
+        timer.cell_execute(cell=cell, cell_index=cell_index)
+        now = wanted()
+        if now is None or now == kernel_threads[-1]:
+            return
+        # a silent request ahead of the cell's own: the kernel runs them in order, and
+        # nbclient ignores replies to requests that are not the cell's
+        sent = client.kc.execute(set_threads_code(now), silent=True, store_history=False)
+        if inspect.isawaitable(sent):
+            await sent
+        kernel_threads.append(now)
+        log(f"[ftkit] {path.name[:2]} · on {now} CPU thread{'s' if now > 1 else ''} from cell "
+            f"{cell_index + 1}")  # fmt: skip
+
     sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3", config=kernel_config(sockets.name),
         resources={"metadata": {"path": str(output.parent)}},  # cwd: the executed copy's folder
-        on_cell_execute=timer.cell_execute, on_cell_executed=timer.cell_executed,
+        on_cell_execute=before_cell, on_cell_executed=timer.cell_executed,
     )  # fmt: skip
-    on = "" if threads is None else f" on {threads} CPU thread{'s' if threads > 1 else ''}"
+    first = kernel_threads[0]
+    on = "" if first is None else f" on {first} CPU thread{'s' if first > 1 else ''}"
     log(f"[ftkit] {path.name}: running in {mode} mode{on} ...")
     started, wall_started = time.perf_counter(), time.time()
     try:
         with sockets, _kernel_progress(path.name[:2], log) as progress_env:
             # the kernel's own environment: no change to this process's, which another
             # notebook's thread may be starting a kernel from at the same moment
-            client.execute(env=os.environ | progress_env | thread_env(threads))
+            client.execute(env=os.environ | progress_env | thread_env(first))
     except Exception as error:  # a cell raised, timed out, or the kernel died
         nbformat.write(notebook, output)
         raise NotebookFailed(_failure_message(path, output, notebook, timer, error)) from error
@@ -174,8 +200,22 @@ def run_notebook(
     nbformat.write(notebook, output)
     cells = sum(s.cells for s in timer.ran())
     log(f"[ftkit] {path.name}: done, {cells} code cells in {seconds:.0f} s -> {output}")
-    return NotebookRun(path.name, output, mode, seconds, cells, timer.ran(), threads,
-                       wall_started, time.time())  # fmt: skip
+    return NotebookRun(path.name, output, mode, seconds, cells, timer.ran(), first,
+                       wall_started, time.time(), kernel_threads[-1])  # fmt: skip
+
+
+def set_threads_code(threads: int) -> str:
+    """Code that moves a running kernel to `threads` CPU threads: torch's pool if torch is
+    imported (else its import reads the environment), and the environment of the processes
+    it starts from then on."""
+    return (
+        "import os as _ftkit_os, sys as _ftkit_sys\n"
+        f"_ftkit_os.environ['OMP_NUM_THREADS'] = _ftkit_os.environ['MKL_NUM_THREADS'] = "
+        f"'{int(threads)}'\n"
+        "if 'torch' in _ftkit_sys.modules:\n"
+        f"    _ftkit_sys.modules['torch'].set_num_threads({int(threads)})\n"
+        "del _ftkit_os, _ftkit_sys\n"
+    )
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
@@ -276,14 +316,15 @@ def run_series(
     notebooks = [p for p in series_notebooks() if not only or p.name.startswith(tuple(only))]
     if not notebooks:
         raise FileNotFoundError(f"No notebooks matching {list(only)} in {notebooks_dir()}.")
-    lanes = min(lanes or series_lanes(), len(notebooks))
-    threads = None if lanes == 1 else max(1, (os.cpu_count() or 1) // lanes)
+    lanes = min(lanes or series_lanes(model=(parameters or {}).get("MODEL")), len(notebooks))
+    cores = os.cpu_count() or 1
     if lanes > 1:
-        log(f"[ftkit] {len(notebooks)} notebooks, {lanes} at a time, {threads} CPU "
-            f"thread{'s' if threads > 1 else ''} each (ftkit run --lanes 1: one at a time, "
+        each = max(1, cores // lanes)
+        log(f"[ftkit] {len(notebooks)} notebooks, {lanes} at a time, {each} CPU "
+            f"thread{'s' if each > 1 else ''} each (ftkit run --lanes 1: one at a time, "
             "on every core)")  # fmt: skip
 
-    def run_one(notebook: Path) -> NotebookRun:
+    def run_one(notebook: Path, threads: Callable[[], int] | None = None) -> NotebookRun:
         return run_notebook(notebook, out_dir / notebook.name, mode, parameters, log=log,
                             threads=threads)  # fmt: skip
 
@@ -295,19 +336,20 @@ def run_series(
         if lanes == 1:
             runs = [run_one(notebook) for notebook in notebooks]
         else:
-            runs = run_in_lanes(notebooks, lanes, run_one, log)
+            runs = run_in_lanes(notebooks, lanes, run_one, log, cores)
     report = write_report(runs, out_dir)
     log(summary_table(runs))
     log(f"[ftkit] report: {report}")
     return runs
 
 
-def series_lanes(hardware: HardwareInfo | None = None) -> int:
+def series_lanes(hardware: HardwareInfo | None = None, model: str | None = None) -> int:
     """How many notebooks `run_series` runs at a time by default: 2 on a CPU with at least
     two cores and `LANE_MEMORY_GB` free per notebook, else 1 (on a GPU the device does the
-    work, and two kernels would share its memory)."""
+    work, and two kernels would share its memory). Another `model` than the embedded one
+    gets 1: `LANE_MEMORY_GB` was measured on the embedded model (`--lanes 2` overrides)."""
     hardware = hardware or detect_hardware()
-    if hardware.device != "cpu" or hardware.cpu_cores < 2:
+    if hardware.device != "cpu" or hardware.cpu_cores < 2 or model not in (None, EMBEDDED_MODEL):
         return 1
     return 2 if hardware.ram_free_gb >= 2 * LANE_MEMORY_GB else 1
 
@@ -315,16 +357,21 @@ def series_lanes(hardware: HardwareInfo | None = None) -> int:
 def run_in_lanes(
     notebooks: Sequence[Path],
     lanes: int,
-    run_one: Callable[[Path], NotebookRun],
+    run_one: Callable[[Path, Callable[[], int]], NotebookRun],
     log: Callable[[str], None] = _say,
+    cores: int | None = None,
 ) -> list[NotebookRun]:
-    """Run `run_one` on every notebook, `lanes` at a time, each in a thread of its own.
+    """Run `run_one(notebook, threads)` on every notebook, `lanes` at a time, each in a
+    thread of its own; `threads()` says how many of the `cores` (all this machine's by
+    default) the notebook has now: an equal share of those running (`run_notebook` asks
+    again before every cell, so a notebook left running alone takes them all).
 
     A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended;
     among those ready, the ones others wait for go first, the rest in series order. After a
     failure no other notebook starts: those running end, then the first failure is raised.
     Returns the runs in the order of `notebooks`.
     """
+    cores = cores or os.cpu_count() or 1
     by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
     waits = {
         notebook: {by_prefix[p] for p in notebook_needs(notebook) if p in by_prefix} - {notebook}
@@ -333,30 +380,40 @@ def run_in_lanes(
     pending, done = list(notebooks), {}
     finished: queue.Queue = queue.Queue()
     running, failure = 0, None
+    counting = threading.Lock()  # a notebook's end and the starts it allows: one change
+
+    def share() -> int:  # asked from the notebooks' threads
+        with counting:
+            return max(1, cores // max(1, running))
 
     def work(notebook: Path) -> None:
         try:
-            finished.put((notebook, run_one(notebook)))
+            finished.put((notebook, run_one(notebook, share)))
         except BaseException as error:  # reported to the scheduling thread, raised there
             finished.put((notebook, error))
 
+    one_ended = False
     while True:
-        if failure is None:
-            ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
-            awaited = set().union(*(waits[notebook] for notebook in pending))
-            ready.sort(key=lambda notebook: notebook not in awaited)  # stable: series order
-            for notebook in ready[: lanes - running]:
-                pending.remove(notebook)
-                running += 1
-                threading.Thread(target=work, args=(notebook,), daemon=True,
-                                 name=f"ftkit-{notebook.name[:2]}").start()  # fmt: skip
+        with counting:  # one change: a notebook's end and the starts it allows
+            running -= one_ended
+            starting = []
+            if failure is None:
+                ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
+                awaited = set().union(*(waits[notebook] for notebook in pending))
+                ready.sort(key=lambda notebook: notebook not in awaited)  # stable: series order
+                starting = ready[: lanes - running]
+                running += len(starting)
+        for notebook in starting:
+            pending.remove(notebook)
+            threading.Thread(target=work, args=(notebook,), daemon=True,
+                             name=f"ftkit-{notebook.name[:2]}").start()  # fmt: skip
         if not running:
             break
         notebook, outcome = finished.get()
-        running -= 1
+        one_ended = True
         if isinstance(outcome, BaseException):
             failure = failure or outcome
-            if running:
+            if running > 1:
                 log(f"[ftkit] {notebook.name} failed; waiting for the notebook still running")
         else:
             done[notebook] = outcome

@@ -11,11 +11,17 @@ written and the notebook's own bars and widgets show progress.
 
     [ftkit] 03 · training support_tickets-qlora: step 40/120 (33%), loss 1.234, 2 min 51 s left
     [ftkit] 04 · few-shot: 96/400 replies (24%), 1 min 5 s left
+
+The runner may also set `FTKIT_THREADS_FILE`, a file holding the number of CPU threads the
+kernel has now (it runs two notebooks side by side, each on half the cores, and gives a
+notebook left alone every core): the same loops read it, at most every 2 seconds, and
+move torch to that many threads between two steps (`follow_thread_share`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +29,34 @@ FILE_ENV = "FTKIT_PROGRESS_FILE"  # where the lines go (set by the headless runn
 NOTEBOOK_ENV = "FTKIT_PROGRESS_NOTEBOOK"  # the notebook's number, for the line's prefix
 SECONDS_ENV = "FTKIT_PROGRESS_SECONDS"  # at most one line per loop this often
 DEFAULT_SECONDS = 30.0
+THREADS_ENV = "FTKIT_THREADS_FILE"  # the CPU threads this process may use now (the runner's)
+THREADS_EVERY = 2.0  # seconds between two reads of it
+_threads_read = {"at": 0.0, "threads": 0}
+
+
+def follow_thread_share(now: float | None = None) -> int | None:
+    """Move torch to the thread count in `$FTKIT_THREADS_FILE` if it changed; return the
+    count set, else None (no file, not yet time, unchanged, or torch not imported: its import
+    reads `OMP_NUM_THREADS`, which the runner set). Also keeps `OMP_NUM_THREADS` in step,
+    for the processes started from here on."""
+    path = os.environ.get(THREADS_ENV)
+    now = time.perf_counter() if now is None else now
+    if not path or now - _threads_read["at"] < THREADS_EVERY:
+        return None
+    _threads_read["at"] = now
+    try:
+        threads = int(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):  # not written yet, or half-written: the next read
+        return None
+    torch = sys.modules.get("torch")
+    if threads < 1 or threads == _threads_read["threads"] or torch is None:
+        return None
+    _threads_read["threads"] = threads
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    if torch.get_num_threads() == threads:
+        return None
+    torch.set_num_threads(threads)
+    return threads
 
 
 def duration(seconds: float) -> str:
@@ -55,6 +89,7 @@ class TerminalProgress:
     def update(self, done: int, detail: str = "") -> str | None:
         """The line written (None when it is not yet time, or nobody is listening)."""
         now = time.perf_counter()
+        follow_thread_share(now)
         if self.total > 0 and done >= self.total:
             return self.end(done, detail)
         if self.path is None or now - self.last < self.every:

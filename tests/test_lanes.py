@@ -103,8 +103,35 @@ def test_a_notebook_left_running_alone_takes_every_core(tmp_path):
     printed = ["".join(o.get("text", "") for o in c.outputs).split() for c in cells[-3::2]]
     assert printed == [["1", "1"], ["2", "2"]]  # half the cores beside 01, then both
     assert (runs[0].threads, runs[1].threads, runs[1].threads_at_end) == (1, 1, 2)
-    assert any(line.startswith("[ftkit] 02 · on 2 CPU threads from cell") for line in lines)
+    assert any(line == "[ftkit] 02 · on 2 CPU threads from now on" for line in lines)
     assert lanes_note(runs) == "2 at a time, 1 CPU thread each; 02 alone at the end on 2"
+
+
+LOOP = """import time
+
+import torch
+
+from ftkit.progress import TerminalProgress
+
+before = torch.get_num_threads()
+steps = TerminalProgress("waiting", 40)
+for step in range(40):  # a training loop's steps, as ftkit's loops report them
+    time.sleep(0.3)
+    steps.update(step)
+print(before, torch.get_num_threads())"""
+
+
+def test_a_loop_inside_a_cell_follows_the_share_between_two_steps(tmp_path):
+    short = _notebook(tmp_path, "01_short.ipynb", "import time\ntime.sleep(2)")
+    long = _notebook(tmp_path, "02_loop.ipynb", LOOP)
+
+    def run_one(path, threads):
+        return run_notebook(path, tmp_path / "out" / path.name, log=lambda _: None,
+                            threads=threads)  # fmt: skip
+
+    runs = run_in_lanes([short, long], 2, run_one, cores=2)
+    # one thread while 01 ran, both once it ended: in the same cell, between two steps
+    assert _printed(runs[1].output).split() == ["1", "2"]
 
 
 def test_after_a_failure_no_other_notebook_starts(tmp_path):

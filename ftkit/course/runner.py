@@ -138,10 +138,9 @@ def run_notebook(
 
     `timeout` is per cell, in seconds. `threads` caps the kernel's CPU threads (and those
     of the processes it starts) through `OMP_NUM_THREADS`; None leaves the libraries'
-    default, every core. A callable is asked at the start and again before every cell:
-    when its answer changes, the kernel changes its thread count before running the cell
-    (`set_threads_code`). On a failing cell the partly executed notebook is saved to
-    `output` and `NotebookFailed` says where.
+    default, every core. A callable is asked at the start and then every second: when its
+    answer changes, the kernel follows (`KernelThreads`). On a failing cell the partly
+    executed notebook is saved to `output` and `NotebookFailed` says where.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -161,38 +160,27 @@ def run_notebook(
         nbformat.write(notebook, output)  # the executed part so far, readable during a run
 
     timer = SectionTimer(notebook, section_done)
-    wanted = threads if callable(threads) else lambda: threads
-    kernel_threads = [wanted()]  # what the kernel started on, then each change
+    sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
+    share = KernelThreads(threads, Path(sockets.name) / "threads", path.name[:2], log)
 
     async def before_cell(cell, cell_index: int, **_) -> None:
         timer.cell_execute(cell=cell, cell_index=cell_index)
-        now = wanted()
-        if now is None or now == kernel_threads[-1]:
-            return
-        # a silent request ahead of the cell's own: the kernel runs them in order, and
-        # nbclient ignores replies to requests that are not the cell's
-        sent = client.kc.execute(set_threads_code(now), silent=True, store_history=False)
-        if inspect.isawaitable(sent):
-            await sent
-        kernel_threads.append(now)
-        log(f"[ftkit] {path.name[:2]} · on {now} CPU thread{'s' if now > 1 else ''} from cell "
-            f"{cell_index + 1}")  # fmt: skip
+        await share.before_cell(client.kc)
 
-    sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3", config=kernel_config(sockets.name),
         resources={"metadata": {"path": str(output.parent)}},  # cwd: the executed copy's folder
         on_cell_execute=before_cell, on_cell_executed=timer.cell_executed,
     )  # fmt: skip
-    first = kernel_threads[0]
+    first = share.history[0]
     on = "" if first is None else f" on {first} CPU thread{'s' if first > 1 else ''}"
     log(f"[ftkit] {path.name}: running in {mode} mode{on} ...")
     started, wall_started = time.perf_counter(), time.time()
     try:
-        with sockets, _kernel_progress(path.name[:2], log) as progress_env:
+        with sockets, _kernel_progress(path.name[:2], log, share.poll) as progress_env:
             # the kernel's own environment: no change to this process's, which another
             # notebook's thread may be starting a kernel from at the same moment
-            client.execute(env=os.environ | progress_env | thread_env(first))
+            client.execute(env=os.environ | progress_env | share.env())
     except Exception as error:  # a cell raised, timed out, or the kernel died
         nbformat.write(notebook, output)
         raise NotebookFailed(_failure_message(path, output, notebook, timer, error)) from error
@@ -201,7 +189,71 @@ def run_notebook(
     cells = sum(s.cells for s in timer.ran())
     log(f"[ftkit] {path.name}: done, {cells} code cells in {seconds:.0f} s -> {output}")
     return NotebookRun(path.name, output, mode, seconds, cells, timer.ran(), first,
-                       wall_started, time.time(), kernel_threads[-1])  # fmt: skip
+                       wall_started, time.time(), share.history[-1])  # fmt: skip
+
+
+class KernelThreads:
+    """The CPU threads of one notebook's kernel, kept to what `threads` says now.
+
+    `threads` is None (no cap), a number, or a callable asked every second (`poll`, from
+    the runner's progress thread) and before every cell. The kernel starts with
+    `OMP_NUM_THREADS` at the first answer (`env`); a change is written to `file`, which
+    ftkit's loops inside a cell read between two steps (`ftkit.progress.follow_thread_share`),
+    and is sent as a silent request ahead of the next cell (`set_threads_code`), for cells
+    with no such loop.
+    """
+
+    def __init__(
+        self,
+        threads: int | Callable[[], int | None] | None,
+        file: Path,
+        notebook: str,
+        log: Callable[[str], None],
+    ) -> None:
+        self.wanted = threads if callable(threads) else lambda: threads
+        self.file, self.notebook, self.log = file, notebook, log
+        self.history = [self.wanted()]  # what the kernel started on, then each change
+        self.sent = self.history[0]  # what the last silent request (or the start) set
+        self.lock = threading.Lock()
+        if self.history[0] is not None:
+            self._write(self.history[0])
+
+    def env(self) -> dict[str, str]:
+        """The kernel's environment for its first thread count, and the file to follow."""
+        if self.history[0] is None:
+            return {}
+        return thread_env(self.history[0]) | {progress.THREADS_ENV: str(self.file)}
+
+    def poll(self) -> None:
+        """Ask `threads` again; on a change, write it for the kernel and say so."""
+        with self.lock:
+            now = self.wanted()
+            if now is None or now == self.history[-1]:
+                return
+            self._write(now)
+            self.history.append(now)
+        self.log(f"[ftkit] {self.notebook} · on {now} CPU thread{'s' if now > 1 else ''} from "
+                 "now on")  # fmt: skip
+
+    async def before_cell(self, kernel_client) -> None:
+        """Before a cell: poll, and tell the kernel the count it has not yet been sent."""
+        self.poll()
+        with self.lock:
+            now = self.history[-1]
+            if now is None or now == self.sent:
+                return
+            self.sent = now
+        # a silent request ahead of the cell's own: the kernel runs them in order, and
+        # nbclient ignores replies to requests that are not the cell's
+        request = kernel_client.execute(set_threads_code(now), silent=True, store_history=False)
+        if inspect.isawaitable(request):
+            await request
+
+    def _write(self, threads: int) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.file.with_suffix(".partial")
+        partial.write_text(str(threads), encoding="utf-8")
+        partial.replace(self.file)  # whole or not at all, for the kernel's reads
 
 
 def set_threads_code(threads: int) -> str:
@@ -243,10 +295,13 @@ def kernel_config(folder: str | os.PathLike) -> Config:
 
 
 @contextlib.contextmanager
-def _kernel_progress(notebook: str, log: Callable[[str], None]) -> Iterator[dict[str, str]]:
+def _kernel_progress(
+    notebook: str, log: Callable[[str], None], every_second: Callable[[], None] = lambda: None
+) -> Iterator[dict[str, str]]:
     """Pass the kernel's progress lines (`ftkit.progress`: training steps, replies) to `log`
     as they come: the kernel, started inside the block with the environment it yields, gets
-    a file to append them to, which a thread here reads every second."""
+    a file to append them to, which a thread here reads every second (and calls
+    `every_second` then)."""
     with tempfile.TemporaryDirectory(prefix="ftkit-progress-") as folder:
         lines = Path(folder) / "progress.log"
         lines.touch()
@@ -257,6 +312,7 @@ def _kernel_progress(notebook: str, log: Callable[[str], None]) -> Iterator[dict
                 pending = ""
                 while True:
                     stopping = stop.wait(1.0)
+                    every_second()
                     pending += handle.read()
                     *complete, pending = pending.split("\n")
                     for line in complete:

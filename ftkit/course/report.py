@@ -164,12 +164,19 @@ def _header(runs: Sequence[NotebookRun]) -> str:
     )
     if hardware.gpu_memory_gb:
         machine += f", {hardware.gpu_memory_gb:.0f} GiB GPU memory"
+    shared = ""
+    if wall_clock(runs):
+        shared = (
+            f"<p class='meta'>Notebooks side by side ({html.escape(lanes_note(runs))}): each "
+            "notebook's seconds, and the speeds and latencies it measured, are on its share "
+            "of the cores, not on the whole machine.</p>"
+        )
     return (
         "<h1>ftkit: the notebook series, run headless</h1>"
         f"<p class='meta'>{time.strftime('%Y-%m-%d %H:%M')} · mode <b>{html.escape(modes)}</b>"
         f" · {len(runs)} notebook{'' if len(runs) == 1 else 's'}</p>"
         f"<p class='meta'>Machine: {html.escape(machine)}</p>"
-        f"<p class='meta'>Versions: {html.escape(versions)}</p>"
+        f"{shared}<p class='meta'>Versions: {html.escape(versions)}</p>"
     )
 
 

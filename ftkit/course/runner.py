@@ -14,8 +14,8 @@ ends, so a long run shows where it is.
 
 On a CPU the series runs in two lanes: two notebooks at a time, each kernel given half
 the cores (`series_lanes`). On the course's 2-core machines one thread per kernel does
-0.62x of two threads' work (training and batched generation alike), so two notebooks side
-by side get 1.4x the work done in the same time (benchmarks/RESULTS.md). A notebook that
+0.6-0.75x of two threads' work (training and batched generation alike), so two notebooks
+side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A notebook that
 reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`); one left
 running alone takes every core from its next cell on.
 """
@@ -516,7 +516,8 @@ def summary_table(runs: Sequence[NotebookRun]) -> str:
         f"{sum(r.seconds for r in runs):>8.0f}"
     )
     if wall := wall_clock(runs):
-        rows.append(f"{'wall clock (' + lanes_note(runs) + ')':<53} {wall:>8.0f}")
+        rows.append(f"{'wall clock':<53} {wall:>8.0f}")
+        rows.append(f"  ({lanes_note(runs)})")
     return "\n".join(rows)
 
 

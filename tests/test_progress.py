@@ -5,6 +5,8 @@ series in tests/test_report.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import ftkit.progress as progress
@@ -78,3 +80,32 @@ def test_an_early_stop_ends_with_the_step_reached_and_a_resumed_run_counts_from_
     resumed = TerminalProgress("training run-b", 10, "steps", start=5)
     clock[0] = 36.0  # 20 s for steps 6 and 7: 10 s a step, three to go
     assert resumed.update(7).endswith("7/10 steps (70%), 30 s left")
+
+
+def test_a_loop_moves_torch_to_the_thread_share_the_runner_writes(monkeypatch, tmp_path):
+    """`follow_thread_share`, as ftkit's loops call it between two steps of a kernel the
+    runner shares the cores with (tests/test_lanes.py runs it in real kernels)."""
+    import torch
+
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    share = tmp_path / "threads"
+    monkeypatch.setenv(progress.THREADS_ENV, str(share))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))  # restored afterwards
+    monkeypatch.setenv("MKL_NUM_THREADS", str(before))
+    start = 1e6  # a clock reading past any earlier call's
+    try:
+        share.write_text(str(other))
+        assert progress.follow_thread_share(start) == other
+        assert torch.get_num_threads() == other
+        assert os.environ["OMP_NUM_THREADS"] == str(other)  # for the processes it starts
+        share.write_text(str(before))
+        assert progress.follow_thread_share(start + 1) is None  # read at most every 2 s
+        assert torch.get_num_threads() == other
+        share.write_text("")  # the runner's write not there yet: the next read
+        assert progress.follow_thread_share(start + 3) is None
+        share.write_text(str(before))
+        assert progress.follow_thread_share(start + 6) == before
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -15,9 +15,10 @@ ends, so a long run shows where it is.
 On a CPU the series runs in two lanes: two notebooks at a time, each kernel given half
 the cores (`series_lanes`). On the course's 2-core machines one thread per kernel does
 0.6-0.75x of two threads' work (training and batched generation alike), so two notebooks
-side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A notebook that
-reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`); one left
-running alone takes every core from its next cell on.
+side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A
+notebook that reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`);
+one left running alone takes every core (`KernelThreads`: between two steps of ftkit's
+training and generation loops, else from its next cell).
 """
 
 from __future__ import annotations
@@ -420,7 +421,7 @@ def run_in_lanes(
     """Run `run_one(notebook, threads)` on every notebook, `lanes` at a time, each in a
     thread of its own; `threads()` says how many of the `cores` (all this machine's by
     default) the notebook has now: an equal share of those running (`run_notebook` asks
-    again before every cell, so a notebook left running alone takes them all).
+    again every second, so a notebook left running alone takes them all).
 
     A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended;
     among those ready, the ones others wait for go first, the rest in series order. After a

@@ -86,6 +86,22 @@ def test_a_notebook_starts_only_after_the_one_it_reads(tmp_path):
     assert re.search(r"\nwall clock +\d+\n  \(2 at a time, 1", summary_table(runs))
 
 
+def test_two_readers_of_a_notebook_left_out_run_one_after_the_other(tmp_path):
+    """`ftkit run 04 06` without 03: the first may train 03's run; the second reuses it."""
+    paths = [
+        _notebook(tmp_path, "04_d.ipynb", "import time\ntime.sleep(2)", after=("03",)),
+        _notebook(tmp_path, "05_e.ipynb", "print('ran')"),
+        _notebook(tmp_path, "06_f.ipynb", "print('ran')", after=("03",)),
+    ]
+
+    def run_one(path, threads):
+        return run_notebook(path, tmp_path / "out" / path.name, log=lambda _: None,
+                            threads=threads)  # fmt: skip
+
+    d, e, f = run_in_lanes(paths, 2, run_one, cores=2)
+    assert f.started >= d.ended and e.started < d.ended  # 05 beside 04; 06 after it
+
+
 def test_a_notebook_left_running_alone_takes_every_core(tmp_path):
     show = "import os, torch\nprint(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])"
     short = _notebook(tmp_path, "01_short.ipynb", "print('ran')")

@@ -423,10 +423,12 @@ def run_in_lanes(
     default) the notebook has now: an equal share of those running (`run_notebook` asks
     again every second, so a notebook left running alone takes them all).
 
-    A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended;
-    among those ready, the ones others wait for go first, the rest in series order. After a
-    failure no other notebook starts: those running end, then the first failure is raised.
-    Returns the runs in the order of `notebooks`.
+    A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended,
+    and after the first of those reading the same notebook outside `notebooks` (which
+    trains what it reads, if missing, for the others to reuse); among those ready, the ones
+    others wait for go first, the rest in series order. After a failure no other notebook
+    starts: those running end, then the first failure is raised. Returns the runs in the
+    order of `notebooks`.
     """
     cores = cores or os.cpu_count() or 1
     by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
@@ -434,6 +436,12 @@ def run_in_lanes(
         notebook: {by_prefix[p] for p in notebook_needs(notebook) if p in by_prefix} - {notebook}
         for notebook in notebooks
     }  # a notebook outside the selection (`ftkit run 04`) ran before, or is not wanted
+    first_reader: dict[str, Path] = {}
+    for notebook in notebooks:  # `ftkit run 04 06` without 03: if 03's run is missing, the
+        for p in notebook_needs(notebook):  # first to need it trains it, the next reuses it
+            if p not in by_prefix:
+                first_reader.setdefault(p, notebook)
+                waits[notebook] |= {first_reader[p]} - {notebook}
     pending, done = list(notebooks), {}
     finished: queue.Queue = queue.Queue()
     running, failure = 0, None

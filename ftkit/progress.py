@@ -34,6 +34,28 @@ THREADS_EVERY = 2.0  # seconds between two reads of it
 _threads_read = {"at": 0.0, "threads": 0}
 
 
+def thread_env(threads: int | None) -> dict[str, str]:
+    """The environment that caps a process at `threads` CPU threads (torch's and
+    bitsandbytes' OpenMP pools, and MKL's), or nothing for None."""
+    if threads is None:
+        return {}
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}.")
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def use_threads(threads: int) -> bool:
+    """Move this process to `threads` CPU threads: torch's pool if torch is imported (else
+    its import reads the environment), and the environment of the processes it starts from
+    then on. True if torch's pool changed."""
+    os.environ.update(thread_env(threads))
+    torch = sys.modules.get("torch")
+    if torch is None or torch.get_num_threads() == threads:
+        return False
+    torch.set_num_threads(threads)
+    return True
+
+
 def follow_thread_share(now: float | None = None) -> int | None:
     """Move torch to the thread count in `$FTKIT_THREADS_FILE` if it changed; return the
     count set, else None (no file, not yet time, unchanged, or torch not imported: its import
@@ -52,11 +74,7 @@ def follow_thread_share(now: float | None = None) -> int | None:
     if threads < 1 or threads == _threads_read["threads"] or torch is None:
         return None
     _threads_read["threads"] = threads
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    if torch.get_num_threads() == threads:
-        return None
-    torch.set_num_threads(threads)
-    return threads
+    return threads if use_threads(threads) else None
 
 
 def duration(seconds: float) -> str:

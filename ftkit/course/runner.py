@@ -223,7 +223,7 @@ class KernelThreads:
         """The kernel's environment for its first thread count, and the file to follow."""
         if self.history[0] is None:
             return {}
-        return thread_env(self.history[0]) | {progress.THREADS_ENV: str(self.file)}
+        return progress.thread_env(self.history[0]) | {progress.THREADS_ENV: str(self.file)}
 
     def poll(self) -> None:
         """Ask `threads` again; on a change, write it for the kernel and say so."""
@@ -258,27 +258,9 @@ class KernelThreads:
 
 
 def set_threads_code(threads: int) -> str:
-    """Code that moves a running kernel to `threads` CPU threads: torch's pool if torch is
-    imported (else its import reads the environment), and the environment of the processes
-    it starts from then on."""
-    return (
-        "import os as _ftkit_os, sys as _ftkit_sys\n"
-        f"_ftkit_os.environ['OMP_NUM_THREADS'] = _ftkit_os.environ['MKL_NUM_THREADS'] = "
-        f"'{int(threads)}'\n"
-        "if 'torch' in _ftkit_sys.modules:\n"
-        f"    _ftkit_sys.modules['torch'].set_num_threads({int(threads)})\n"
-        "del _ftkit_os, _ftkit_sys\n"
-    )
-
-
-def thread_env(threads: int | None) -> dict[str, str]:
-    """The environment that caps a kernel at `threads` CPU threads (torch's and
-    bitsandbytes' OpenMP pools, and MKL's), or nothing for None."""
-    if threads is None:
-        return {}
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}.")
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    """Code that moves a running kernel to `threads` CPU threads (`ftkit.progress.use_threads`),
+    binding no name in the learner's namespace."""
+    return f"__import__('ftkit.progress', fromlist=['use_threads']).use_threads({int(threads)})"
 
 
 def kernel_config(folder: str | os.PathLike) -> Config:
@@ -432,13 +414,14 @@ def run_in_lanes(
     """
     cores = cores or os.cpu_count() or 1
     by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
+    needs = {notebook: notebook_needs(notebook) for notebook in notebooks}
     waits = {
-        notebook: {by_prefix[p] for p in notebook_needs(notebook) if p in by_prefix} - {notebook}
+        notebook: {by_prefix[p] for p in needs[notebook] if p in by_prefix} - {notebook}
         for notebook in notebooks
     }  # a notebook outside the selection (`ftkit run 04`) ran before, or is not wanted
     first_reader: dict[str, Path] = {}
     for notebook in notebooks:  # `ftkit run 04 06` without 03: if 03's run is missing, the
-        for p in notebook_needs(notebook):  # first to need it trains it, the next reuses it
+        for p in needs[notebook]:  # first to need it trains it, the next reuses it
             if p not in by_prefix:
                 first_reader.setdefault(p, notebook)
                 waits[notebook] |= {first_reader[p]} - {notebook}

@@ -224,10 +224,11 @@ def check_gguf(
 
     # deferred: ftkit.fast imports torch, which this module loads only when it is used
     from ftkit.fast import read_gguf_once
+    from ftkit.models import quiet_loading
 
     path = Path(gguf_path)
     started = time.perf_counter()
-    with read_gguf_once():  # one parse for config, weights and file type (ftkit.fast)
+    with read_gguf_once(), quiet_loading():  # one parse for config, weights, file type
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch.float32).eval()  # fmt: skip
         file_type = gguf_file_type(path)

@@ -15,10 +15,13 @@ One function, `load_model`, serves every notebook. What it adds over
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -71,7 +74,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise the GGUF checkpoint and save it as an ordinary fp32 safetensors model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with read_gguf_once():  # the file parsed once for config, weights and tokenizer
+    with read_gguf_once(), quiet_loading():  # the file parsed once for config, weights, tokenizer
         gguf_model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
@@ -84,7 +87,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     model = type(gguf_model)(config)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    with quiet_loading():
+        model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
 
@@ -273,6 +277,34 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return value
 
 
+@contextmanager
+def quiet_loading(enabled: bool = True) -> Iterator[None]:
+    """transformers' progress bars off in this block ("Loading weights: 0/272", one line per
+    load): a notebook that loads a model six times would keep six of them in its saved
+    outputs, frozen at 0% wherever the widget's state is not saved (a headless run, a
+    notebook opened later). Loading from a local directory takes seconds; downloads keep
+    their bars (`enabled=False`, or load the snapshot first: `model_source`). Saving
+    ("Writing model shards") and reading a GGUF file ("Converting and de-quantizing GGUF
+    tensors", a bar transformers draws with tqdm directly) are quiet in it too.
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    gguf_bar = getattr(gguf_loading, "tqdm", None)
+    if enabled and was_on:
+        logging.disable_progress_bar()
+    if enabled and gguf_bar is not None:
+        gguf_loading.tqdm = functools.partial(gguf_bar, disable=True)
+    try:
+        yield
+    finally:
+        if enabled and was_on:
+            logging.enable_progress_bar()
+        if enabled and gguf_bar is not None:
+            gguf_loading.tqdm = gguf_bar
+
+
 def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
     from transformers import AutoModelForCausalLM
 
@@ -286,7 +318,9 @@ def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
         "quantization_config": quantization_config(quantization, dtype),
     }
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **options)
+        # A hub id still to download keeps the hub's download bars; a local load is quiet.
+        with quiet_loading(enabled=Path(source).is_dir()):
+            model = AutoModelForCausalLM.from_pretrained(source, **options)
     except OSError as error:
         raise ModelLoadError(f"Could not load {source!r}: {error}") from error
     tokenizer = _tokenizer_from(source, trust_remote_code)

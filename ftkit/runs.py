@@ -34,7 +34,7 @@ from ftkit.callbacks import read_metrics
 from ftkit.catalog import get_model_info
 from ftkit.config import TrainConfig
 from ftkit.hardware import half_dtype
-from ftkit.models import load_model, resolve_model
+from ftkit.models import load_model, quiet_loading, resolve_model
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
@@ -453,6 +453,7 @@ def merge_and_export(
     base, tokenizer = load_model(run.config.model, quantization=None, dtype=dtype or half_dtype())
     merged = PeftModel.from_pretrained(base, str(adapter_source(run, None))).merge_and_unload()
     out_dir = Path(out_dir)
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    with quiet_loading():  # no frozen "Writing model shards: 0/1" in the notebook
+        merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -46,9 +46,12 @@ def exported(merged, tmp_path_factory):
     return {kind: export_gguf(folder, out / f"model-{kind}.gguf", kind) for kind in ("f16", "q8_0")}
 
 
-def test_f16_answers_as_the_merged_model_does(merged, exported):
+def test_f16_answers_as_the_merged_model_does(merged, exported, capfd):
     _, tokenizer, prompts, reference = merged
+    capfd.readouterr()
     check = check_gguf(exported["f16"], reference, prompts, tokenizer, NEW_TOKENS)
+    # transformers' GGUF bar (tqdm direct) stays out of notebook 06's outputs
+    assert "GGUF tensors" not in capfd.readouterr().err
     assert check.same == [True] * len(prompts), check.answers
     assert 250 < check.size_mb < 300  # 135M weights in 16 bits, norms in fp32
     assert "4 of 4 greedy answers identical" in check.describe()

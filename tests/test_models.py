@@ -195,10 +195,17 @@ def test_trap_is_real_and_repaired(reference_gradients):
     assert repaired[0] > 0.95
 
 
-def test_local_directory_loads(embedded_dir):
+def test_local_directory_loads(embedded_dir, capfd):
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
     model, tokenizer = load_model(str(embedded_dir), dtype="fp32")
     assert model.dtype == torch.float32
     assert tokenizer.eos_token == "<|im_end|>"
+    # A local load keeps transformers' per-tensor bar out of the notebook's outputs, and
+    # leaves the bars on for what follows (a download, a training run's own bar).
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()
 
 
 @pytest.mark.parametrize(

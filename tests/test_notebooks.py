@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nbformat
@@ -158,6 +159,10 @@ def _check(name: str, executed, expected: dict = EXPECTED) -> None:
         assert marker in text, f"{name}.ipynb should show {marker!r}"
     for noise in (t for texts in BITSANDBYTES_NOISE.values() for t in texts):
         assert noise not in text, f"{name}.ipynb shows bitsandbytes' notice {noise!r}"
+    # a library's tqdm bar (model loading, saving, GGUF reading) saved in the outputs reads
+    # "Loading weights: 0%| 0/272" forever once the widget's state is gone
+    bars = re.findall(r"[^\"\n]{0,40}\d+%\|", text)
+    assert not bars, f"{name}.ipynb keeps progress bars in its outputs: {bars[:3]}"
     if name.endswith("_solutions"):
         assert text.count("<b>Correct.</b>") == len(EXPECTED[name])
         assert "Not yet" not in text

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ftkit.progress import TerminalProgress
+from ftkit.progress import TerminalProgress, stop_requested
 
 # Trainer log keys -> the names ftkit uses everywhere (fixed vocabulary: lr, val_loss).
 RENAMED = {"learning_rate": "lr", "eval_loss": "val_loss"}
@@ -132,6 +132,8 @@ class StopControl(TrainerCallback):
         self.reason = self.reason or reason
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self.requested and stop_requested():  # the headless runner's Ctrl-C
+            self.request_stop("interrupted (Ctrl-C during a notebook run)")
         if self.requested and self.stopped_at is None:
             self.stopped_at = state.global_step
             control.should_training_stop = True

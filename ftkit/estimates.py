@@ -17,6 +17,7 @@ import torch
 
 from ftkit.catalog import get_model_info
 from ftkit.formatting import TokenizedExample, collate, tokenize_example
+from ftkit.progress import stop_if_requested
 
 T4_PEAK_FLOPS = 65e12  # NVIDIA T4 datasheet: peak fp16 tensor-core FLOP/s
 T4_UTILIZATION = 0.30  # share of that peak a training loop sustains (see estimate_training_time)
@@ -89,6 +90,7 @@ def measure_throughput(
     tokens, started = 0, None
     with torch.enable_grad():
         for batch in itertools.cycle(batches):
+            stop_if_requested("the next timed step")  # the runner's Ctrl-C
             _forward_backward(model, {k: v.to(model.device) for k, v in batch.items()})
             if started is None:
                 started = time.perf_counter()

@@ -36,7 +36,7 @@ from ftkit.constrained import (
 )
 from ftkit.fast import fast_generation, measured_on
 from ftkit.generation import Messages, Reply, generate_replies, stop_token_ids
-from ftkit.progress import TerminalProgress
+from ftkit.progress import TerminalProgress, stop_if_requested
 from ftkit.retrieval import retrieve_shots
 from ftkit.scoring import SIMILAR, label_form, score_predictions, similarities
 from ftkit.task import Task, answer_of, parse_json
@@ -331,6 +331,8 @@ def _generate_all(model, tokenizer, prompts, approach, max_new_tokens, temperatu
         replies = [None] * len(prompts)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
+            stop_if_requested(f"{approach.name}, replies {start + 1}-{start + len(chunk)} of "
+                              f"{len(order)},")  # the runner's Ctrl-C  # fmt: skip
             batch = generate_replies(model, tokenizer, [prompts[i] for i in chunk],
                                      max_new_tokens=max_new_tokens, temperature=temperature,
                                      batch_size=batch_size, share_prefix=True,

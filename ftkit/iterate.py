@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ftkit.config import TrainConfig, TrainingError
 from ftkit.evaluation import Approach, ApproachResult, class_pairs, evaluate_approach
+from ftkit.progress import stop_if_requested
 from ftkit.reuse import load_adapter_into
 from ftkit.runs import Run, adapter_source, load_run, read_run
 from ftkit.task import Task
@@ -142,6 +143,7 @@ def train_apart(
     """
     if not config.run_name:
         raise TrainingError("train_apart: give the config a run_name (the folder to read back).")
+    stop_if_requested(f"training {config.run_name}")  # the runner's Ctrl-C
     with tempfile.TemporaryDirectory(prefix="ftkit-apart-") as folder:
         folder = Path(folder)
         files = {"train": train_examples, "validation": validation_examples}

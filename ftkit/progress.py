@@ -16,6 +16,12 @@ The runner may also set `FTKIT_THREADS_FILE`, a file holding the number of CPU t
 kernel has now (it runs two notebooks side by side, each on half the cores, and gives a
 notebook left alone every core): the same loops read it, at most every 2 seconds, and
 move torch to that many threads between two steps (`follow_thread_share`).
+
+And `FTKIT_STOP_FILE`, a file that exists once the runner was interrupted (Ctrl-C): training
+then stops after its step in progress and saves a checkpoint there (`ftkit.callbacks.
+StopControl`), and a training run or a batch of replies not yet begun is not begun
+(`stop_if_requested`), so the notebook ends at its next cell and the next `make main`
+continues the run from that checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ SECONDS_ENV = "FTKIT_PROGRESS_SECONDS"  # at most one line per loop this often
 DEFAULT_SECONDS = 30.0
 THREADS_ENV = "FTKIT_THREADS_FILE"  # the CPU threads this process may use now (the runner's)
 THREADS_EVERY = 2.0  # seconds between two reads of it
+STOP_ENV = "FTKIT_STOP_FILE"  # exists once the runner was asked to stop (Ctrl-C)
 _threads_read = {"at": 0.0, "threads": 0}
 
 
@@ -75,6 +82,19 @@ def follow_thread_share(now: float | None = None) -> int | None:
         return None
     _threads_read["threads"] = threads
     return threads if use_threads(threads) else None
+
+
+def stop_requested() -> bool:
+    """True once `$FTKIT_STOP_FILE` exists: the headless runner running this notebook was
+    interrupted and asks it to stop where nothing is lost (one `stat`, cheap per step)."""
+    path = os.environ.get(STOP_ENV)
+    return bool(path) and os.path.exists(path)
+
+
+def stop_if_requested(what: str) -> None:
+    """Raise KeyboardInterrupt, saying so, instead of starting `what` once `stop_requested`."""
+    if stop_requested():
+        raise KeyboardInterrupt(f"{what} not started: the notebook run was interrupted (Ctrl-C)")
 
 
 def duration(seconds: float) -> str:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from ftkit import __version__
 from ftkit.models import find_embedded_gguf, model_source, resolve_model
-from ftkit.runs import FINISHED, RESUMABLE_CHANGES, config_changes, final_dir
+from ftkit.runs import FINISHED, RESUMABLE_CHANGES, config_changes, final_dir, last_checkpoint
 
 VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
@@ -98,14 +98,13 @@ def reusable_run(config, key: str) -> Path | None:
 
     Prints what it found: the run it reuses, or why an existing run cannot be reused.
     """
-    if not config.run_name:
+    saved = _saved_run(config)
+    if saved is None:
         return None
-    path = Path(config.runs_dir) / config.run_name
-    if not (path / "config.json").is_file():
-        return None
-    result = path / "result.json"
-    result = json.loads(result.read_text()) if result.is_file() else {"status": "unfinished"}
+    path, result = saved
     why = _not_reusable(path, result["status"], config, key)
+    if why and resumable_run(config, key):  # `train` says it continues it
+        return None
     if why:
         print(f"[ftkit] {path} cannot be reused ({why}): training it again.")
         return None
@@ -115,6 +114,36 @@ def reusable_run(config, key: str) -> Path | None:
         "again, pass reuse=False or delete the folder."
     )
     return path
+
+
+def resumable_run(config, key: str) -> str | None:
+    """The newest complete checkpoint of an interrupted run named `config.run_name`
+    (unfinished, or stopped by a Ctrl-C or a Stop button) with fingerprint `key`, or None.
+
+    `train(reuse=True)` continues such a run from there rather than starting it again: the
+    same settings, data, base weights and versions make the same steps (the batch order is
+    seeded per epoch), so a `make main` interrupted during training loses at most the steps
+    since the last checkpoint.
+    """
+    saved = _saved_run(config)
+    if saved is None or saved[1]["status"] in FINISHED:
+        return None
+    path = saved[0]
+    if json.loads((path / "config.json").read_text()).get("fingerprint") != key:
+        return None
+    return last_checkpoint(path)
+
+
+def _saved_run(config) -> tuple[Path, dict] | None:
+    """(folder, result.json's content, {"status": "unfinished"} without one) of the run named
+    `config.run_name`, or None if there is no such run."""
+    if not config.run_name:
+        return None
+    path = Path(config.runs_dir) / config.run_name
+    if not (path / "config.json").is_file():
+        return None
+    result = path / "result.json"
+    return path, json.loads(result.read_text()) if result.is_file() else {"status": "unfinished"}
 
 
 def _not_reusable(path: Path, status: str, config, key: str) -> str | None:

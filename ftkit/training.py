@@ -43,7 +43,8 @@ from ftkit.faults import divergence_advice, oom_advice
 from ftkit.formatting import tokenize_for_training
 from ftkit.hardware import Precision, choose_precision, detect_hardware
 from ftkit.models import keep_4bit_trainable, load_model, load_tokenizer
-from ftkit.reuse import fingerprint, load_adapter_into, reusable_run
+from ftkit.progress import stop_if_requested, stop_requested
+from ftkit.reuse import fingerprint, load_adapter_into, resumable_run, reusable_run
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import TrainingDiverged, build_trainer
 
@@ -161,9 +162,11 @@ def train(
     `TrainingMonitor`); `model`/`tokenizer` reuse a base model already loaded as the config
     says. `resume=True` continues the run `config.run_name` from its last checkpoint;
     `reuse=True` returns the finished run `config.run_name` instead of training, if its
-    fingerprint (config, data, base weights, precision, versions: `ftkit.reuse`) matches.
+    fingerprint (config, data, base weights, precision, versions: `ftkit.reuse`) matches,
+    and continues it from its last checkpoint if it was interrupted (`resumable_run`).
     """
     started = time.perf_counter()
+    stop_if_requested(f"training {config.run_name or config.method}")  # the runner's Ctrl-C
     config.check()
     train_examples = list(train_examples or [])
     if config.early_stopping_patience and (validation_examples is None or not config.eval_steps):
@@ -186,6 +189,12 @@ def train(
     found = reusable_run(config, key) if reuse else None
     if found:
         return reused_result(found, config, model, tokenizer)
+    interrupted = resumable_run(config, key) if reuse and not resume else None
+    if interrupted:
+        print(f"[ftkit] Continuing the interrupted run at {Path(interrupted).parents[1]} from its "
+              f"checkpoint at step {runs.checkpoint_step(interrupted)}: same config, data, base "
+              "model and library versions. To start it again, pass reuse=False.")  # fmt: skip
+        resume = True
     run_dir = runs.open_run_dir(config, resume)
     config = replace(config, run_name=run_dir.name)
     if model is None:
@@ -220,7 +229,9 @@ def finish(trainer, config, run_dir, precision, stopper, seconds) -> TrainResult
     state, records = trainer.state, trainer.ftkit_logger.records
     evals = [r for r in records if r["event"] == "eval"]
     best_loaded = trainer.args.load_best_model_at_end and state.best_metric is not None
-    if trainer.eval_dataset is not None and not best_loaded and (
+    # Ctrl-C in `make main` (the runner's stop file): save now, the validation loss can wait
+    # for the run's end when it continues
+    if trainer.eval_dataset is not None and not best_loaded and not stop_requested() and (
         not evals or evals[-1]["step"] != state.global_step):  # fmt: skip
         trainer.evaluate()
         evals = [r for r in records if r["event"] == "eval"]
@@ -299,6 +310,7 @@ def load_or_train(config, train_examples, validation_examples=None, monitor=None
     chose there) instead of training it twice; `run.config` says how it was trained.
     """
     path = Path(config.runs_dir) / str(config.run_name)
+    same = True
     if config.run_name and (path / "result.json").is_file():
         saved = runs.read_run(path)
         status = saved.result.get("status")
@@ -307,10 +319,12 @@ def load_or_train(config, train_examples, validation_examples=None, monitor=None
             print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
                   f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
             return runs.load_run(path)
-        why = status if same else f"{saved.config.method} of {saved.config.model}"
-        print(f"[ftkit] {path} is not reusable ({why}): training it again")
+        if not same:
+            why = f"{saved.config.method} of {saved.config.model}"
+            print(f"[ftkit] {path} is not reusable ({why}): training it again")
+    # reuse: a run interrupted with these very settings continues from its last checkpoint
     result = train(replace(config, overwrite=True), train_examples, validation_examples,
-                   monitor=monitor)  # fmt: skip
+                   monitor=monitor, reuse=same)  # fmt: skip
     run = runs.read_run(result.run_dir)
     run.model, run.tokenizer = result.model, result.tokenizer
     return run

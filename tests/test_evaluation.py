@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from ftkit import progress
 from ftkit.comparison import Comparison, CurvePoint, compare, learning_curve, subsample
 from ftkit.config import TrainConfig
 from ftkit.course.plots import (
@@ -28,6 +29,7 @@ from ftkit.evaluation import (
     Approach,
     build_prompt,
     eval_batch_size,
+    evaluate_approach,
     pick_shots,
     standard_approaches,
 )
@@ -66,6 +68,23 @@ def comparison(peft_model, splits):
 NAMES = ["base, zero-shot", "base + system prompt", "base + prompt + 2-shot",
          "base + prompt + 2 retrieved", "base + prompt + 2-shot, constrained", "fine-tuned",
          "fine-tuned + prompt"]  # fmt: skip
+
+
+def test_no_batch_of_replies_starts_once_the_runner_asks_to_stop(peft_model, splits, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """Ctrl-C during `make main` (`ftkit.progress.STOP_ENV`): an evaluation stops before its
+    next batch, saying so, instead of running to the end of the approach."""
+    model, tokenizer = peft_model
+    stop = tmp_path / ".ftkit-stop"
+    monkeypatch.setenv(progress.STOP_ENV, str(stop))
+    examples = list(splits["test"])[:2]
+    done = evaluate_approach(model, tokenizer, examples, Approach("fine-tuned", model="finetuned"),
+                             TICKETS, max_new_tokens=4, latency_sample=0)  # fmt: skip
+    assert len(done.predictions) == 2  # no stop asked: it runs
+    stop.touch()
+    with pytest.raises(KeyboardInterrupt, match="fine-tuned, replies 1-2 of 2, not started"):
+        evaluate_approach(model, tokenizer, examples, Approach("fine-tuned", model="finetuned"),
+                          TICKETS, max_new_tokens=4, latency_sample=0)  # fmt: skip
 
 
 def test_every_approach_answers_every_example(comparison):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+import time
 
 import nbformat
 import pytest
@@ -18,6 +21,7 @@ from ftkit.course.notebooks import lanes_note, notebook_needs, series_notebooks,
 from ftkit.course.runner import (
     LANE_MEMORY_GB,
     NotebookFailed,
+    SeriesInterrupted,
     run_in_lanes,
     run_notebook,
     series_lanes,
@@ -169,6 +173,62 @@ def test_after_a_failure_no_other_notebook_starts(tmp_path):
     assert _printed(out / "02_slow.ipynb").strip() == "ran"
     assert not (out / "03_later.ipynb").exists()
     assert any("01_fails.ipynb failed; waiting" in line for line in lines)
+
+
+STEPS = """import time
+
+from ftkit.progress import TerminalProgress, stop_if_requested
+
+steps = TerminalProgress("steps", 100)
+for step in range(100):  # ftkit's loops (training steps, batches of replies) stop like this
+    stop_if_requested("the next step")
+    time.sleep(0.2)
+    steps.update(step)
+print("all steps ran")"""
+
+
+def test_ctrl_c_stops_the_running_notebooks_and_starts_no_other(tmp_path):
+    """The first Ctrl-C asks the running notebooks to stop (the stop file `run_series`
+    creates): an ftkit loop stops at its next step, a cell without one ends and no next cell
+    runs; nothing new starts; `SeriesInterrupted` says where each stopped."""
+    paths = [
+        _notebook(tmp_path, "01_loop.ipynb", STEPS),
+        _notebook(tmp_path, "02_cells.ipynb", "import time\ntime.sleep(6)"),
+        _notebook(tmp_path, "03_later.ipynb", "print('ran')"),
+    ]
+    two = nbformat.read(paths[1], as_version=4)
+    two.cells.append(nbformat.v4.new_code_cell("print('second cell ran')"))
+    nbformat.write(two, paths[1])
+    out, stop_file, lines = tmp_path / "out", tmp_path / "out" / ".ftkit-stop", []
+
+    def run_one(path, threads):
+        return run_notebook(path, out / path.name, log=lines.append, threads=threads,
+                            stop_file=stop_file)  # fmt: skip
+
+    def ctrl_c() -> None:  # a real SIGINT to this (the main) thread, once both kernels run
+        while len([line for line in lines if "running in" in line]) < 2:
+            time.sleep(0.1)
+        time.sleep(3)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored under `cmd &`
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    try:
+        with pytest.raises(SeriesInterrupted) as raised:
+            run_in_lanes(paths, 2, run_one, log=lines.append, cores=2,
+                         on_interrupt=stop_file.touch)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, before)
+    message = str(raised.value)
+    assert re.search(r"01_loop\.ipynb stopped in cell \d \(.*starting `import time`", message)
+    assert re.search(r"02_cells\.ipynb stopped after cell \d \(.*starting `import time`", message)
+    assert "Not started: 03_later.ipynb" in message and "continues from its last" in message
+    loop = nbformat.read(out / "01_loop.ipynb", as_version=4).cells[-1].outputs
+    assert any("the next step not started: the notebook run was interrupted" in str(o.get("evalue"))
+               for o in loop)  # fmt: skip
+    assert not [o for o in loop if o.output_type == "stream"]  # "all steps ran" not printed
+    assert not nbformat.read(out / "02_cells.ipynb", as_version=4).cells[-1].outputs  # not run
+    assert not (out / "03_later.ipynb").exists()
 
 
 def _machine(**changes) -> HardwareInfo:

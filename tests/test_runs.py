@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import ftkit
+from ftkit import progress
 from ftkit.config import TrainConfig
 from ftkit.course.plots import plot_losses, plot_runs
 from ftkit.data import save_examples
@@ -204,6 +206,49 @@ def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
     theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
     for name, tensor in theirs.items():
         assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+
+
+class _StopFileAt(TrainerCallback):
+    """Creates `path` after step `at`: what `run_series` does on Ctrl-C."""
+
+    def __init__(self, path: Path, at: int) -> None:
+        self.path, self.at = path, at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            self.path.touch()
+
+
+def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, monkeypatch, capsys):
+    """`make main` interrupted during training: the runner's stop file ends the run after its
+    step in progress with a checkpoint there; no training starts while it exists; the next
+    run of the notebook (`train(reuse=True)`) continues from that checkpoint and ends with the
+    adapter of a run never interrupted."""
+    stop = tmp_path / ".ftkit-stop"
+    monkeypatch.setenv(progress.STOP_ENV, str(stop))
+    examples = list(splits["train"])[:24]
+    settings = {"batch_size": 2, "max_steps": 6, "save_steps": 100, "logging_steps": 1,
+                "eval_steps": None, "lr": 1e-3, "runs_dir": str(tmp_path / "runs")}  # fmt: skip
+    config = TrainConfig(**settings, run_name="interrupted", overwrite=True)
+    first = train(config, examples, reuse=True, callbacks=[_StopFileAt(stop, 2)])
+    assert first.status == "stopped: interrupted (Ctrl-C during a notebook run)"
+    assert first.steps in (2, 3)  # after the step in progress, whichever callback ran first
+    assert (first.run_dir / "checkpoints" / f"checkpoint-{first.steps}").is_dir()
+    with pytest.raises(KeyboardInterrupt, match="training interrupted not started"):
+        train(config, examples, reuse=True)
+    stop.unlink()  # the next `make main`
+    capsys.readouterr()
+    resumed = train(config, examples, reuse=True)
+    said = capsys.readouterr().out
+    assert f"interrupted run at {first.run_dir} from its checkpoint at step {first.steps}" in said
+    assert (resumed.status, resumed.steps) == ("finished", 6)
+    straight = train(TrainConfig(**settings, run_name="straight"), examples)
+    ours = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    for name, tensor in theirs.items():
+        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+    # finished now: the next run reuses it
+    assert train(config, examples, reuse=True).reused
 
 
 def _lora_weights(model) -> dict[str, torch.Tensor]:

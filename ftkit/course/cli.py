@@ -66,7 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 3
     # deferred: papermill and nbclient load in seconds, and `ftkit doctor` must not wait
-    from ftkit.course.runner import NotebookFailed, prepare_dataset, run_series
+    from ftkit.course.runner import (
+        NotebookFailed,
+        SeriesInterrupted,
+        prepare_dataset,
+        run_series,
+    )
 
     parameters = {"MODEL": args.model} if args.model else {}
     if args.data or args.dataset or args.task:
@@ -85,6 +90,14 @@ def _run(args: argparse.Namespace) -> int:
     except (NotebookFailed, FileNotFoundError) as error:
         print(f"[ftkit] {error}", file=sys.stderr)
         return 1
+    except SeriesInterrupted as error:
+        print(f"[ftkit] {error}", file=sys.stderr)
+        return 130  # what a shell reports for Ctrl-C
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print("\n[ftkit] Stopped at once: the kernels end with this process. Finished runs are "
+              "kept; a training run continues from its last checkpoint when you run the same "
+              "command again.", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -88,6 +88,20 @@ class NotebookFailed(RuntimeError):
     """A notebook cell raised, or timed out: the message names notebook, cell and section."""
 
 
+class NotebookInterrupted(RuntimeError):
+    """A notebook stopped because its run was interrupted (Ctrl-C): the message says where,
+    and where the executed part is saved."""
+
+
+class SeriesInterrupted(RuntimeError):
+    """`run_series` was interrupted (Ctrl-C) and its notebooks stopped where nothing is lost:
+    the message says which finished, which stopped where, which did not start, and how to go
+    on."""
+
+
+STOP_FILE = ".ftkit-stop"  # in the output folder: created on Ctrl-C, for progress.STOP_ENV
+
+
 class SectionTimer:
     """nbclient cell hooks that time each section and call `on_end` when its last cell ran."""
 
@@ -134,6 +148,7 @@ def run_notebook(
     timeout: int = 1800,
     log: Callable[[str], None] = _say,
     threads: int | Callable[[], int | None] | None = None,
+    stop_file: str | os.PathLike | None = None,
 ) -> NotebookRun:
     """Execute a notebook top to bottom in a fresh kernel with MODE (and more) injected.
 
@@ -142,6 +157,11 @@ def run_notebook(
     default, every core. A callable is asked at the start and then every second: when its
     answer changes, the kernel follows (`KernelThreads`). On a failing cell the partly
     executed notebook is saved to `output` and `NotebookFailed` says where.
+
+    Once `stop_file` exists (`run_series` creates it on Ctrl-C) the kernel's training stops
+    after its step in progress with a checkpoint, no new training or batch of replies starts
+    (`ftkit.progress.stop_requested`), no next cell runs, and `NotebookInterrupted` says
+    where it stopped.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -163,8 +183,12 @@ def run_notebook(
     timer = SectionTimer(notebook, section_done)
     sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
     share = KernelThreads(threads, Path(sockets.name) / "threads", path.name[:2], log)
+    stop_file = Path(stop_file).resolve() if stop_file is not None else None
+    stopping = {} if stop_file is None else {progress.STOP_ENV: str(stop_file)}
 
     async def before_cell(cell, cell_index: int, **_) -> None:
+        if stop_file is not None and stop_file.exists():
+            raise NotebookInterrupted("before the next cell")  # the message is made below
         timer.cell_execute(cell=cell, cell_index=cell_index)
         await share.before_cell(client.kc)
 
@@ -181,9 +205,14 @@ def run_notebook(
         with sockets, _kernel_progress(path.name[:2], log, share.poll) as progress_env:
             # the kernel's own environment: no change to this process's, which another
             # notebook's thread may be starting a kernel from at the same moment
-            client.execute(env=os.environ | progress_env | share.env())
+            client.execute(env=os.environ | progress_env | share.env() | stopping)
     except Exception as error:  # a cell raised, timed out, or the kernel died
         nbformat.write(notebook, output)
+        if stop_file is not None and stop_file.exists():
+            where = _stop_message(
+                path, output, notebook, timer, isinstance(error, NotebookInterrupted)
+            )
+            raise NotebookInterrupted(where) from None
         raise NotebookFailed(_failure_message(path, output, notebook, timer, error)) from error
     seconds = time.perf_counter() - started
     nbformat.write(notebook, output)
@@ -331,6 +360,19 @@ def _failure_message(path: Path, output: Path, notebook, timer: SectionTimer, er
     )
 
 
+def _stop_message(path: Path, output: Path, notebook, timer: SectionTimer, between: bool) -> str:
+    """Where an interrupted notebook stopped: in (or after) which cell and section."""
+    index = timer.cell_index
+    if index is None:
+        return f"{path.name} stopped before its first cell"
+    first_line = notebook.cells[index].source.strip().splitlines()[0]
+    where = "after" if between else "in"
+    return (
+        f"{path.name} stopped {where} cell {index + 1} (section {timer.titles[index]!r}, "
+        f"starting `{first_line}`); the executed part is saved in {output}"
+    )
+
+
 def run_series(
     out_dir: str | os.PathLike = "build",
     mode: str = "full",
@@ -350,6 +392,12 @@ def run_series(
     `lanes` notebooks run at a time (None: `series_lanes` decides), each kernel on an equal
     share of the CPU cores; a notebook starts only after those it reads (`notebook_needs`).
     With one lane they run one after the other in series order, on every core.
+
+    Ctrl-C stops the series where nothing is lost: the running notebooks' training saves a
+    checkpoint after its step in progress, nothing new starts (`run_notebook`'s
+    `stop_file`), and `SeriesInterrupted` says what finished and where each notebook stopped.
+    Run it again to go on: finished runs are reused, an interrupted one continues from its
+    checkpoint (`ftkit.reuse.resumable_run`). A second Ctrl-C stops at once (KeyboardInterrupt).
     """
     out_dir = Path(out_dir)
     notebooks = [p for p in series_notebooks() if not only or p.name.startswith(tuple(only))]
@@ -363,19 +411,29 @@ def run_series(
             f"thread{'s' if each > 1 else ''} each (ftkit run --lanes 1: one at a time, "
             "on every core)")  # fmt: skip
 
-    def run_one(notebook: Path, threads: Callable[[], int] | None = None) -> NotebookRun:
+    # absolute: each kernel runs in the folder of its executed copy, not in this one's
+    stop_file = (out_dir / STOP_FILE).resolve()
+    stop_file.unlink(missing_ok=True)  # left by an interrupted run: not a stop for this one
+
+    def run_one(notebook: Path, threads: Callable[[], int]) -> NotebookRun:
         return run_notebook(notebook, out_dir / notebook.name, mode, parameters, log=log,
-                            threads=threads)  # fmt: skip
+                            threads=threads if lanes > 1 else None,
+                            stop_file=stop_file)  # fmt: skip
+
+    def stop() -> None:  # the first Ctrl-C
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        log("\n[ftkit] Ctrl-C: stopping. Each running notebook stops at its next training step "
+            "or batch of replies (a training run saves a checkpoint there first), else when "
+            "its cell ends. Ctrl-C again to stop at once.")  # fmt: skip
 
     with contextlib.ExitStack() as stack:
         if mode == "smoke":  # the kernels inherit this process's environment
             if smoke_runs is None:
                 smoke_runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftkit-"))
             stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
-        if lanes == 1:
-            runs = [run_one(notebook) for notebook in notebooks]
-        else:
-            runs = run_in_lanes(notebooks, lanes, run_one, log, cores)
+        # one lane too: the notebooks run in a thread, this one waits and takes the Ctrl-C
+        runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop)
     report = write_report(runs, out_dir)
     log(summary_table(runs))
     log(f"[ftkit] report: {report}")
@@ -399,11 +457,16 @@ def run_in_lanes(
     run_one: Callable[[Path, Callable[[], int]], NotebookRun],
     log: Callable[[str], None] = _say,
     cores: int | None = None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> list[NotebookRun]:
     """Run `run_one(notebook, threads)` on every notebook, `lanes` at a time, each in a
     thread of its own; `threads()` says how many of the `cores` (all this machine's by
     default) the notebook has now: an equal share of those running (`run_notebook` asks
     again every second, so a notebook left running alone takes them all).
+
+    A Ctrl-C while waiting calls `on_interrupt` (which asks the running notebooks to stop),
+    starts nothing more, waits for the running ones to end and raises `SeriesInterrupted`;
+    a second one, or one without `on_interrupt`, is raised as it is.
 
     A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended,
     and after the first of those reading the same notebook outside `notebooks` (which
@@ -440,7 +503,8 @@ def run_in_lanes(
         except BaseException as error:  # reported to the scheduling thread, raised there
             finished.put((notebook, error))
 
-    one_ended = False
+    one_ended = interrupted = False
+    ended_early: dict[Path, BaseException] = {}
     while True:
         with counting:  # one change: a notebook's end and the starts it allows
             running -= one_ended
@@ -457,20 +521,47 @@ def run_in_lanes(
                              name=f"ftkit-{notebook.name[:2]}").start()  # fmt: skip
         if not running:
             break
-        notebook, outcome = finished.get()
+        try:
+            notebook, outcome = finished.get()
+        except KeyboardInterrupt:
+            if interrupted or on_interrupt is None:
+                raise
+            interrupted, one_ended = True, False
+            failure = failure or KeyboardInterrupt()  # nothing new starts
+            on_interrupt()
+            continue
         one_ended = True
         if isinstance(outcome, BaseException):
             failure = failure or outcome
-            if running > 1:
+            ended_early[notebook] = outcome
+            if running > 1 and not interrupted:
                 log(f"[ftkit] {notebook.name} failed; waiting for the notebook still running")
         else:
             done[notebook] = outcome
+    if interrupted:
+        raise SeriesInterrupted(_interrupted_message(notebooks, done, ended_early))
     if failure is not None:
         raise failure
     if pending:  # only a circle of `after` lists leaves notebooks waiting on each other
         names = ", ".join(notebook.name for notebook in pending)
         raise RuntimeError(f"These notebooks wait on each other (metadata ftkit.after): {names}")
     return [done[notebook] for notebook in notebooks]
+
+
+def _interrupted_message(notebooks: Sequence[Path], done: dict, ended_early: dict) -> str:
+    """What an interrupted series did: finished, stopped (where), not started; how to go on."""
+    lines = ["Interrupted (Ctrl-C)."]
+    if done:
+        lines.append("Finished: " + ", ".join(n.name for n in notebooks if n in done) + ".")
+    lines += [str(error) + "." for n, error in ended_early.items()]
+    waiting = [n.name for n in notebooks if n not in done and n not in ended_early]
+    if waiting:
+        lines.append("Not started: " + ", ".join(waiting) + ".")
+    lines.append(
+        "Run the same command again to go on: the notebooks run again from the top, finished "
+        "training runs are reused, and an interrupted one continues from its last checkpoint."
+    )
+    return "\n".join(lines)
 
 
 def prepare_dataset(

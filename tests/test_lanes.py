@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -229,6 +231,36 @@ def test_ctrl_c_stops_the_running_notebooks_and_starts_no_other(tmp_path):
     assert not [o for o in loop if o.output_type == "stream"]  # "all steps ran" not printed
     assert not nbformat.read(out / "02_cells.ipynb", as_version=4).cells[-1].outputs  # not run
     assert not (out / "03_later.ipynb").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_takes_the_kernels_with_it(tmp_path):
+    """`ftkit run` (what `make main` runs) given Ctrl-C twice: it exits at once with 130, and
+    its kernels, which watch their parent, end with it."""
+    import psutil
+
+    log = tmp_path / "log.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ftkit", "run", "--mode", "smoke", "--out", str(tmp_path), "01"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        while "running in smoke mode" not in log.read_text() and time.monotonic() - started < 60:
+            time.sleep(0.2)
+        time.sleep(2)  # the kernel is up
+        kernels = psutil.Process(process.pid).children(recursive=True)
+        assert kernels, log.read_text()
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Ctrl-C: stopping" in log.read_text() and "Stopped at once" in log.read_text()
+    _, alive = psutil.wait_procs(kernels, timeout=15)
+    assert not alive
 
 
 def _machine(**changes) -> HardwareInfo:

@@ -12,6 +12,7 @@ before any training, exit code 2);
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -96,8 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # the second Ctrl-C
         print("\n[ftkit] Stopped at once: the kernels end with this process. Finished runs are "
               "kept; a training run continues from its last checkpoint when you run the same "
-              "command again.", file=sys.stderr)  # fmt: skip
-        return 130
+              "command again.", file=sys.stderr, flush=True)  # fmt: skip
+        sys.stdout.flush()
+        # At once: a normal exit would wait for the notebooks' threads, still talking to
+        # kernels that end with this process (each watches its parent).
+        os._exit(130)
     return 0
 
 

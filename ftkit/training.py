@@ -69,6 +69,7 @@ def add_adapters(model, config: TrainConfig):
 
     if config.method == "full" or isinstance(model, PeftModel):
         return model
+    remove_adapters(model)  # a training cell run again on the model it was given before
     if config.method == "qlora":
         keep_4bit_trainable(model)  # the bitsandbytes CPU trap: see ftkit.models
     # No `prepare_model_for_kbit_training`: its fp32 copies of the norms and embeddings make
@@ -84,6 +85,33 @@ def add_adapters(model, config: TrainConfig):
     )
     torch.manual_seed(config.seed)  # the adapters' initialisation
     return get_peft_model(model, lora)
+
+
+def trained_adapters(model) -> bool:
+    """Whether `model` holds LoRA adapters that have been trained: B starts at zero, and any
+    step moves it."""
+    return any("lora_B" in name and bool(p.detach().any()) for name, p in model.named_parameters())
+
+
+def remove_adapters(model) -> list[str]:
+    """Take out the LoRA layers an earlier `add_adapters` put into `model` itself (peft adds
+    them in place), each replaced by the layer it wraps; returns their names.
+
+    A model given to `train` a second time (a training cell run again) still holds the first
+    run's adapters: on the base model peft would wrap them again, warning twice, and a fresh
+    run must not start from trained ones (`trained_adapters`). Taken out, the new adapters
+    start as on a freshly loaded model.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name in wrapped:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, getattr(owner, child).get_base_layer())
+    if wrapped and "peft_config" in vars(model):
+        del model.peft_config
+    return wrapped
 
 
 @dataclass
@@ -197,11 +225,15 @@ def train(
         resume = True
     run_dir = runs.open_run_dir(config, resume)
     config = replace(config, run_name=run_dir.name)
+    checkpoint = runs.last_checkpoint(run_dir) if resume else None
     if model is None:
         model, _ = load_for_training(config, precision)
-    model = add_adapters(model, config)
+    elif checkpoint is None and config.method != "full" and trained_adapters(model):
+        print("[ftkit] The model passed in carries adapters trained before (the training cell "
+              "run again?): this run starts from fresh ones, as its settings say.")  # fmt: skip
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = add_adapters(model, config)  # (taking out adapters it holds already)
     speed_ups = speed_up_training(model, config.lean_layers)  # same numbers: see ftkit.fast
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         print(f"[ftkit] {run_dir.name}: no complete checkpoint yet, starting from step 0.")
     runs.write_config(run_dir, config, train_items, val_items, key)

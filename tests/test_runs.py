@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -208,15 +209,15 @@ def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
         assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
 
 
-class _StopFileAt(TrainerCallback):
-    """Creates `path` after step `at`: what `run_series` does on Ctrl-C."""
+class _AtStep(TrainerCallback):
+    """Calls `action` at the end of step `at` (a click, a Ctrl-C)."""
 
-    def __init__(self, path: Path, at: int) -> None:
-        self.path, self.at = path, at
+    def __init__(self, at: int, action) -> None:
+        self.at, self.action = at, action
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.at:
-            self.path.touch()
+            self.action()
 
 
 def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, monkeypatch, capsys):
@@ -230,7 +231,8 @@ def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, mo
     settings = {"batch_size": 2, "max_steps": 6, "save_steps": 100, "logging_steps": 1,
                 "eval_steps": None, "lr": 1e-3, "runs_dir": str(tmp_path / "runs")}  # fmt: skip
     config = TrainConfig(**settings, run_name="interrupted", overwrite=True)
-    first = train(config, examples, reuse=True, callbacks=[_StopFileAt(stop, 2)])
+    ctrl_c = _AtStep(2, stop.touch)  # what run_series does on Ctrl-C
+    first = train(config, examples, reuse=True, callbacks=[ctrl_c])
     assert first.status == "stopped: interrupted (Ctrl-C during a notebook run)"
     assert first.steps in (2, 3)  # after the step in progress, whichever callback ran first
     assert (first.run_dir / "checkpoints" / f"checkpoint-{first.steps}").is_dir()
@@ -249,6 +251,51 @@ def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, mo
         assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
     # finished now: the next run reuses it
     assert train(config, examples, reuse=True).reused
+
+
+@pytest.mark.parametrize("given", ["peft model", "base model"])
+def test_the_training_cell_run_again_on_the_same_model(given, splits, tmp_path, capsys):
+    """Notebook 03 hands `train` the model it gave adapters (`add_adapters`); run the cell
+    again after Stop and the run continues from its checkpoint to the adapter of a run never
+    stopped; run it again with another setting and that run starts from fresh adapters, not
+    the trained ones, as a run on a freshly loaded model does. Given the base model instead,
+    peft wraps nothing twice."""
+    from ftkit.callbacks import StopControl
+    from ftkit.hardware import choose_precision, detect_hardware
+    from ftkit.training import add_adapters, load_for_training
+
+    examples = list(splits["train"])[:24]
+    settings = {"method": "qlora", "batch_size": 2, "max_steps": 6, "save_steps": 100,
+                "logging_steps": 1, "eval_steps": None, "lr": 1e-3,
+                "runs_dir": str(tmp_path / "runs")}  # fmt: skip
+    config = TrainConfig(**settings, run_name="cell", overwrite=True)
+    model, tokenizer = load_for_training(config, choose_precision(detect_hardware()))
+    model = add_adapters(model, config) if given == "peft model" else model
+    stop = StopControl()  # the monitor's Stop button
+    clicked = _AtStep(2, lambda: stop.request_stop("Stop button"))
+    first = train(config, examples, model=model, tokenizer=tokenizer, reuse=True, monitor=stop,
+                  callbacks=[clicked])  # fmt: skip
+    assert first.status == "stopped: Stop button"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = train(config, examples, model=model, tokenizer=tokenizer, reuse=True)
+    assert not [w for w in caught if "peft_config" in str(w.message) or "PEFT" in str(w.message)]
+    assert (again.status, again.steps) == ("finished", 6)
+    straight = train(TrainConfig(**settings, run_name="straight"), examples)
+    ours = load_file(again.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+    capsys.readouterr()
+    changed = replace(config, lr=3e-3, run_name="changed")
+    rerun = train(changed, examples, model=model, tokenizer=tokenizer, reuse=True)
+    assert "this run starts from fresh ones" in capsys.readouterr().out
+    fresh = train(replace(changed, run_name="fresh"), examples)
+    ours = load_file(rerun.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(fresh.adapter_dir / "adapter_model.safetensors")
+    for name, tensor in theirs.items():
+        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
 
 
 def _lora_weights(model) -> dict[str, torch.Tensor]:

@@ -427,13 +427,19 @@ def run_series(
             "or batch of replies (a training run saves a checkpoint there first), else when "
             "its cell ends. Ctrl-C again to stop at once.")  # fmt: skip
 
+    scratch = mode == "smoke" and smoke_runs is None  # runs in a folder removed at the end
     with contextlib.ExitStack() as stack:
         if mode == "smoke":  # the kernels inherit this process's environment
             if smoke_runs is None:
                 smoke_runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftkit-"))
             stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
-        # one lane too: the notebooks run in a thread, this one waits and takes the Ctrl-C
-        runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop)
+        try:  # one lane too: the notebooks run in a thread, this one waits and takes the Ctrl-C
+            runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop)
+        except SeriesInterrupted as stopped:
+            if not scratch:
+                raise
+            removed = "(In smoke mode the runs were in a temporary folder, now removed: the next "
+            raise SeriesInterrupted(f"{stopped}\n{removed}run trains them again.)") from None
     report = write_report(runs, out_dir)
     log(summary_table(runs))
     log(f"[ftkit] report: {report}")

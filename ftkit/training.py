@@ -188,10 +188,12 @@ def train(
 
     `monitor` is a callback that also replaces the progress bar (the notebook's
     `TrainingMonitor`); `model`/`tokenizer` reuse a base model already loaded as the config
-    says. `resume=True` continues the run `config.run_name` from its last checkpoint;
-    `reuse=True` returns the finished run `config.run_name` instead of training, if its
-    fingerprint (config, data, base weights, precision, versions: `ftkit.reuse`) matches,
-    and continues it from its last checkpoint if it was interrupted (`resumable_run`).
+    says (adapters it holds from an earlier run are replaced by fresh ones: a new run starts
+    where a fresh one does; to go on from a run, resume it). `resume=True` continues the run
+    `config.run_name` from its last checkpoint; `reuse=True` returns the finished run
+    `config.run_name` instead of training, if its fingerprint (config, data, base weights,
+    precision, versions: `ftkit.reuse`) matches, and continues it from its last checkpoint
+    if it was interrupted (`resumable_run`).
     """
     started = time.perf_counter()
     stop_if_requested(f"training {config.run_name or config.method}")  # the runner's Ctrl-C

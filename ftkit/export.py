@@ -224,6 +224,8 @@ def check_gguf(
 
     # deferred: ftkit.fast imports torch, which this module loads only when it is used
     from ftkit.fast import read_gguf_once
+
+    # deferred: as above (ftkit.models imports torch)
     from ftkit.models import quiet_loading
 
     path = Path(gguf_path)

@@ -160,9 +160,11 @@ def _check(name: str, executed, expected: dict = EXPECTED) -> None:
     for noise in (t for texts in BITSANDBYTES_NOISE.values() for t in texts):
         assert noise not in text, f"{name}.ipynb shows bitsandbytes' notice {noise!r}"
     # a library's tqdm bar (model loading, saving, GGUF reading) saved in the outputs reads
-    # "Loading weights: 0%| 0/272" forever once the widget's state is gone
+    # "Loading weights: 0%| 0/272" forever once the widget's state is gone: not in what
+    # `make main` writes (a solutions notebook's own `save_pretrained` draws one, live)
     bars = re.findall(r"[^\"\n]{0,40}\d+%\|", text)
-    assert not bars, f"{name}.ipynb keeps progress bars in its outputs: {bars[:3]}"
+    if not name.endswith("_solutions"):
+        assert not bars, f"{name}.ipynb keeps progress bars in its outputs: {bars[:3]}"
     if name.endswith("_solutions"):
         assert text.count("<b>Correct.</b>") == len(EXPECTED[name])
         assert "Not yet" not in text

@@ -220,17 +220,37 @@ class _AtStep(TrainerCallback):
             self.action()
 
 
-def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, monkeypatch, capsys):
+SIX_STEPS = {"method": "qlora", "batch_size": 2, "max_steps": 6, "save_steps": 100,
+             "logging_steps": 1, "eval_steps": None, "lr": 1e-3}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def never_stopped(splits, tmp_path_factory):
+    """24 tickets and the adapter of a six-step run of them that nothing stopped."""
+    examples = list(splits["train"])[:24]
+    runs = tmp_path_factory.mktemp("straight")
+    straight = train(TrainConfig(**SIX_STEPS, runs_dir=str(runs), run_name="straight"), examples)
+    return examples, load_file(straight.adapter_dir / "adapter_model.safetensors")
+
+
+def _same_adapter(result, reference: dict) -> None:
+    ours = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert sorted(ours) == sorted(reference)
+    for name, tensor in reference.items():
+        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+
+
+def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(never_stopped, tmp_path, monkeypatch,
+                                                            capsys):  # fmt: skip
     """`make main` interrupted during training: the runner's stop file ends the run after its
     step in progress with a checkpoint there; no training starts while it exists; the next
     run of the notebook (`train(reuse=True)`) continues from that checkpoint and ends with the
     adapter of a run never interrupted."""
+    examples, reference = never_stopped
     stop = tmp_path / ".ftkit-stop"
     monkeypatch.setenv(progress.STOP_ENV, str(stop))
-    examples = list(splits["train"])[:24]
-    settings = {"batch_size": 2, "max_steps": 6, "save_steps": 100, "logging_steps": 1,
-                "eval_steps": None, "lr": 1e-3, "runs_dir": str(tmp_path / "runs")}  # fmt: skip
-    config = TrainConfig(**settings, run_name="interrupted", overwrite=True)
+    config = TrainConfig(**SIX_STEPS, runs_dir=str(tmp_path / "runs"), run_name="interrupted",
+                         overwrite=True)  # fmt: skip
     ctrl_c = _AtStep(2, stop.touch)  # what run_series does on Ctrl-C
     first = train(config, examples, reuse=True, callbacks=[ctrl_c])
     assert first.status == "stopped: interrupted (Ctrl-C during a notebook run)"
@@ -244,17 +264,13 @@ def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(splits, tmp_path, mo
     said = capsys.readouterr().out
     assert f"interrupted run at {first.run_dir} from its checkpoint at step {first.steps}" in said
     assert (resumed.status, resumed.steps) == ("finished", 6)
-    straight = train(TrainConfig(**settings, run_name="straight"), examples)
-    ours = load_file(resumed.adapter_dir / "adapter_model.safetensors")
-    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
-    for name, tensor in theirs.items():
-        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+    _same_adapter(resumed, reference)
     # finished now: the next run reuses it
     assert train(config, examples, reuse=True).reused
 
 
 @pytest.mark.parametrize("given", ["peft model", "base model"])
-def test_the_training_cell_run_again_on_the_same_model(given, splits, tmp_path, capsys):
+def test_the_training_cell_run_again_on_the_same_model(given, never_stopped, tmp_path, capsys):
     """Notebook 03 hands `train` the model it gave adapters (`add_adapters`); run the cell
     again after Stop and the run continues from its checkpoint to the adapter of a run never
     stopped; run it again with another setting and that run starts from fresh adapters, not
@@ -264,11 +280,9 @@ def test_the_training_cell_run_again_on_the_same_model(given, splits, tmp_path, 
     from ftkit.hardware import choose_precision, detect_hardware
     from ftkit.training import add_adapters, load_for_training
 
-    examples = list(splits["train"])[:24]
-    settings = {"method": "qlora", "batch_size": 2, "max_steps": 6, "save_steps": 100,
-                "logging_steps": 1, "eval_steps": None, "lr": 1e-3,
-                "runs_dir": str(tmp_path / "runs")}  # fmt: skip
-    config = TrainConfig(**settings, run_name="cell", overwrite=True)
+    examples, reference = never_stopped
+    config = TrainConfig(**SIX_STEPS, runs_dir=str(tmp_path / "runs"), run_name="cell",
+                         overwrite=True)  # fmt: skip
     model, tokenizer = load_for_training(config, choose_precision(detect_hardware()))
     model = add_adapters(model, config) if given == "peft model" else model
     stop = StopControl()  # the monitor's Stop button
@@ -281,21 +295,15 @@ def test_the_training_cell_run_again_on_the_same_model(given, splits, tmp_path, 
         again = train(config, examples, model=model, tokenizer=tokenizer, reuse=True)
     assert not [w for w in caught if "peft_config" in str(w.message) or "PEFT" in str(w.message)]
     assert (again.status, again.steps) == ("finished", 6)
-    straight = train(TrainConfig(**settings, run_name="straight"), examples)
-    ours = load_file(again.adapter_dir / "adapter_model.safetensors")
-    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
-    assert sorted(ours) == sorted(theirs)
-    for name, tensor in theirs.items():
-        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+    _same_adapter(again, reference)
+    if given == "base model":
+        return  # what follows is the same for both
     capsys.readouterr()
     changed = replace(config, lr=3e-3, run_name="changed")
     rerun = train(changed, examples, model=model, tokenizer=tokenizer, reuse=True)
     assert "this run starts from fresh ones" in capsys.readouterr().out
     fresh = train(replace(changed, run_name="fresh"), examples)
-    ours = load_file(rerun.adapter_dir / "adapter_model.safetensors")
-    theirs = load_file(fresh.adapter_dir / "adapter_model.safetensors")
-    for name, tensor in theirs.items():
-        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
+    _same_adapter(rerun, load_file(fresh.adapter_dir / "adapter_model.safetensors"))
 
 
 def _lora_weights(model) -> dict[str, torch.Tensor]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _callbacks import AtStep
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 import ftkit
 from ftkit import progress
@@ -203,21 +203,7 @@ def test_sigkill_then_resume_ends_with_the_same_adapter(splits, tmp_path):
     assert sorted(losses) == list(range(1, 9))  # nothing logged twice, nothing missing
     for step in range(5, 9):
         assert losses[step] == pytest.approx(reference[step], rel=1e-3), step
-    ours = load_file(resumed.adapter_dir / "adapter_model.safetensors")
-    theirs = load_file(straight.adapter_dir / "adapter_model.safetensors")
-    for name, tensor in theirs.items():
-        assert torch.allclose(ours[name], tensor, rtol=1e-3, atol=1e-5), name
-
-
-class _AtStep(TrainerCallback):
-    """Calls `action` at the end of step `at` (a click, a Ctrl-C)."""
-
-    def __init__(self, at: int, action) -> None:
-        self.at, self.action = at, action
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at:
-            self.action()
+    _same_adapter(resumed, load_file(straight.adapter_dir / "adapter_model.safetensors"))
 
 
 SIX_STEPS = {"method": "qlora", "batch_size": 2, "max_steps": 6, "save_steps": 100,
@@ -251,7 +237,7 @@ def test_a_run_stopped_by_ctrl_c_continues_where_it_stopped(never_stopped, tmp_p
     monkeypatch.setenv(progress.STOP_ENV, str(stop))
     config = TrainConfig(**SIX_STEPS, runs_dir=str(tmp_path / "runs"), run_name="interrupted",
                          overwrite=True)  # fmt: skip
-    ctrl_c = _AtStep(2, stop.touch)  # what run_series does on Ctrl-C
+    ctrl_c = AtStep(2, stop.touch)  # what run_series does on Ctrl-C
     first = train(config, examples, reuse=True, callbacks=[ctrl_c])
     assert first.status == "stopped: interrupted (Ctrl-C during a notebook run)"
     assert first.steps in (2, 3)  # after the step in progress, whichever callback ran first
@@ -286,7 +272,7 @@ def test_the_training_cell_run_again_on_the_same_model(given, never_stopped, tmp
     model, tokenizer = load_for_training(config, choose_precision(detect_hardware()))
     model = add_adapters(model, config) if given == "peft model" else model
     stop = StopControl()  # the monitor's Stop button
-    clicked = _AtStep(2, lambda: stop.request_stop("Stop button"))
+    clicked = AtStep(2, lambda: stop.request_stop("Stop button"))
     first = train(config, examples, model=model, tokenizer=tokenizer, reuse=True, monitor=stop,
                   callbacks=[clicked])  # fmt: skip
     assert first.status == "stopped: Stop button"

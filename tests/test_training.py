@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _callbacks import AtStep
 from transformers import TrainerCallback
 
 from ftkit.config import TrainConfig, TrainingError
@@ -213,20 +214,9 @@ def test_random_sampler_is_seeded_per_epoch():
     assert list(sampler) != first
 
 
-class _Click(TrainerCallback):
-    """Clicks the monitor's Stop button (or sends SIGINT) at the end of step `at`."""
-
-    def __init__(self, at: int, action) -> None:
-        self.at, self.action = at, action
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at:
-            self.action()
-
-
 def test_stop_button_ends_training_with_a_checkpoint(few, tmp_path):
     monitor = TrainingMonitor()
-    click = _Click(2, monitor.stop_button.click)
+    click = AtStep(2, monitor.stop_button.click)
     config = tiny(tmp_path, method="lora", save_steps=100)
     result = train(config, few[0], few[1], callbacks=[click], monitor=monitor)
     assert result.steps in (2, 3) and result.status == "stopped: Stop button"
@@ -242,7 +232,7 @@ def test_first_interrupt_stops_cleanly(few, tmp_path):
     # What SIGINT did before: Python's KeyboardInterrupt, or ignored where the test session
     # was started in the background by a shell (`cmd &`): training must leave it as it was.
     before = signal.getsignal(signal.SIGINT)
-    click = _Click(2, lambda: signal.raise_signal(signal.SIGINT))
+    click = AtStep(2, lambda: signal.raise_signal(signal.SIGINT))
     result = train(tiny(tmp_path, method="lora", save_steps=100), few[0], callbacks=[click])
     assert result.steps in (2, 3) and result.status.startswith("stopped: interrupted")
     assert (result.run_dir / "checkpoints" / f"checkpoint-{result.steps}").is_dir()

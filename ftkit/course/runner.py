@@ -515,7 +515,7 @@ def run_in_lanes(
         with counting:  # one change: a notebook's end and the starts it allows
             running -= one_ended
             starting = []
-            if failure is None:
+            if failure is None and not interrupted:
                 ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
                 awaited = set().union(*(waits[notebook] for notebook in pending))
                 ready.sort(key=lambda notebook: notebook not in awaited)  # stable: series order
@@ -532,8 +532,7 @@ def run_in_lanes(
         except KeyboardInterrupt:
             if interrupted or on_interrupt is None:
                 raise
-            interrupted, one_ended = True, False
-            failure = failure or KeyboardInterrupt()  # nothing new starts
+            interrupted, one_ended = True, False  # nothing new starts
             on_interrupt()
             continue
         one_ended = True

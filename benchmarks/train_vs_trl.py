@@ -20,9 +20,14 @@ linear layers, bf16 autocast where the CPU has it, batch 8, one epoch, lr 1e-3 w
 schedule and warm-up, the same seed (round r of `--rounds`: seed r), no packing, no
 gradient checkpointing, no evaluation or checkpoints during training, random batches
 (ftkit's default; `--group-by-length` for its length-grouped ones). ftkit runs each batch
-of 8 as length-sorted micro-batches of at most 512 padded tokens (its CPU default,
-`--micro-batch-tokens`), with the same gradient; its "trained tokens" count what the model
-was given after that trimming. Each run is a
+of 8 as one flat row without padding, the 24 tokens every ticket starts with (the chat
+template's system turn and user header) computed once per batch, and never holds the
+output layer's logits whole (its CPU defaults: `ftkit.fast.flat_rows`,
+`ftkit.fast.lean_output_loss`; a batch above 1024 tokens, `--micro-batch-tokens`, would
+run as length-sorted micro-batches), with the same loss and gradients; its "trained
+tokens" count what the model computed (the prefix once per batch). MFU counts 4 N FLOPs
+per non-padding token for every trainer, so ftkit's shared prefix shows there as
+utilisation it did not need. Each run is a
 separate process (the parent reads its peak resident memory from the operating system
 with `wait4`), and which trainer goes first turns (per method from round to round, and
 between methods within a round) so a machine that slows down over time hurts none more.
@@ -142,6 +147,7 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
     from dataclasses import replace
 
     from ftkit import trainer as ftkit_trainer
+    from ftkit.formatting import IGNORE_INDEX
     from ftkit.training import train as ftkit_train
 
     collate, split = ftkit_trainer.Collator.__call__, ftkit_trainer.micro_batches
@@ -151,9 +157,16 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
         meter.real += int(tensors["attention_mask"].sum())
         return tensors
 
-    def count_padded(inputs, max_tokens):  # padded tokens in what the model is given
-        pieces = split(inputs, max_tokens)
-        meter.padded += sum(int(piece["input_ids"].numel()) for piece in pieces)
+    def count_padded(inputs, max_tokens, padded=True):  # tokens the model computes
+        pieces = split(inputs, max_tokens, padded)
+        for piece in pieces:
+            if padded or piece["attention_mask"].dim() != 2:
+                meter.padded += int(piece["input_ids"].numel())
+            else:  # a flat row: the shared prefix once, then each row's own tokens
+                wanted = piece["labels"][:, 1:] != IGNORE_INDEX
+                prefix = ftkit_trainer.shared_prefix_length(piece, wanted)
+                rows = len(piece["input_ids"])
+                meter.padded += int(piece["attention_mask"].sum()) - prefix * (rows - 1)
         return pieces
 
     ftkit_trainer.Collator.__call__, ftkit_trainer.micro_batches = count_real, count_padded
@@ -308,7 +321,10 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
         "method": method,
         "seed": seed,
         "length_grouped": grouping if trainer == "ftkit" else False,
-        "micro_batch_tokens": micro_batch_budget(config, precision) if trainer == "ftkit" else 0,
+        "micro_batch_tokens": (
+            micro_batch_budget(config, precision, config.flat_batches) if trainer == "ftkit" else 0
+        ),
+        "flat_batches": config.flat_batches if trainer == "ftkit" else False,
         "precision": precision.name,
         "examples": len(train),
         "seconds": seconds,

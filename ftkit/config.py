@@ -61,6 +61,7 @@ class TrainConfig:
     micro_batch_tokens: int | str = "auto"  # split bigger batches (same step); 0: never
     labelled_logits_only: bool = True  # logits only where the loss needs them: same loss
     lean_layers: bool = True  # frozen norms, SwiGLU, attention, 4-bit layers: same loss
+    flat_batches: bool = True  # each batch one row: no padding, shared beginning once
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
     logging_steps: int = 5  # log the training loss every this many steps
     eval_steps: int | None = 20  # validation loss every this many steps (None: at the end)
@@ -230,7 +231,9 @@ class TrainConfig:
 
         What does NOT carry over (ftkit's trainer, `ftkit.trainer`, and `ftkit.fast`): the
         loss from labelled-position logits only (`labelled_logits_only`: TRL computes all
-        logits, same loss, more memory), micro-batches (`micro_batch_tokens`), the lean
+        logits, same loss, more memory), flat batches (`flat_batches`: no padding, the
+        shared beginning of a batch's examples computed once), micro-batches
+        (`micro_batch_tokens`), the lean
         layers and fused LoRA dropout (`lean_layers`): the same numbers, faster and leaner
         in ftkit, on a CPU above all. Also ftkit's seeded samplers (a resumed run sees the
         same batches), its stop on a NaN loss, evaluation that leaves the RNG alone, the

@@ -1,5 +1,5 @@
-"""The transformers `Trainer`, taught four things: a cheaper exact loss, micro-batches
-without padding, a data order that resumes exactly, and refusing to go on after a NaN.
+"""The transformers `Trainer`, taught five things: a cheaper exact loss, batches without
+padding, micro-batches, a data order that resumes exactly, and refusing to go on after a NaN.
 
 `ftkit.training.train` builds an `FtkitTrainer`; everything else (checkpoints with optimizer,
 scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP under
@@ -10,7 +10,14 @@ scheduler and RNG state, gradient accumulation, mixed precision, evaluation, DDP
   label is (the assistant's reply, about a third of the tokens here). A forward pre-hook on
   the output layer keeps just those positions; the loss is the same cross-entropy, summed
   over the same tokens (tests/test_training.py checks loss and gradients against the full
-  computation).
+  computation). On a CPU even those logits are never held whole: the loss and its gradient
+  are computed 64 positions at a time (`ftkit.fast.lean_output_loss`);
+- **flat batches** (`flat_batches`, on a CPU): each batch runs as one row without padding,
+  the tokens all its rows start with once (`shared_prefix_length`; on the support tickets
+  the chat template's system turn and user header, 24 of about 93 tokens a row), attention
+  keeping each row to its own tokens and that prefix (`ftkit.fast.flat_rows`). The same
+  loss and gradients up to rounding (tests/test_flat_rows.py); QLoRA on the benchmark's
+  256 tickets 1.2-1.3x the non-padding tokens/s of padded micro-batches (benchmarks/RESULTS.md);
 - **micro-batches** (`micro_batches`, on a CPU by default): a batch above
   `micro_batch_tokens` padded tokens is run as length-sorted pieces, each trimmed to its own
   longest row and each divided by the whole batch's labelled tokens, so the step's gradient
@@ -45,6 +52,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ftkit.callbacks import RunLogger, TerminalProgressCallback, read_metrics
+from ftkit.fast import flat_rows, flat_rows_serve, lean_output_loss
 from ftkit.formatting import IGNORE_INDEX, collate, tokenize_examples
 from ftkit.hardware import pick_dtype
 from ftkit.runs import checkpoint_step
@@ -102,8 +110,9 @@ class LengthGroupedSampler(SeededRandomSampler):
         return iter([index for position in order for index in batches[position]])
 
 
-def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
-    """Split a right-padded batch into micro-batches of at most `max_tokens` padded tokens.
+def micro_batches(inputs: dict, max_tokens: int, padded: bool = True) -> list[dict]:
+    """Split a right-padded batch into micro-batches of at most `max_tokens` padded tokens
+    (with `padded` False, real tokens: for batches run as flat rows, without padding).
 
     Rows are sorted by length and cut into contiguous runs, and each run keeps only the
     columns its longest row needs: a random batch of 8 loses most of its padding, and the
@@ -113,17 +122,21 @@ def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
     """
     mask = inputs["attention_mask"]
     rows, width = inputs["input_ids"].shape
-    if max_tokens <= 0 or rows * width <= max_tokens:
-        return [inputs]
     packed = mask.dim() != 2
     lengths = torch.full((rows,), width) if packed else mask.sum(dim=1)
+    size = rows * width if padded or packed else int(lengths.sum())
+    if max_tokens <= 0 or size <= max_tokens:
+        return [inputs]
     order = torch.argsort(lengths, stable=True).tolist()
-    runs, current = [], []
-    for row in order:  # shortest first: a run grows until its padded size would not fit
-        if current and (len(current) + 1) * int(lengths[row]) > max_tokens:
+    runs, current, real = [], [], 0
+    for row in order:  # shortest first: a run grows until its size would not fit
+        length = int(lengths[row])
+        grown = (len(current) + 1) * length if padded or packed else real + length
+        if current and grown > max_tokens:
             runs.append(current)
-            current = []
+            current, real = [], 0
         current.append(row)
+        real += length
     runs.append(current)
     pieces = []
     for run in runs:
@@ -152,29 +165,63 @@ class _KeepLabelledPositions:
         return (args[0][self.keep], *args[1:])
 
 
+def shared_prefix_length(inputs: dict, wanted: torch.Tensor) -> int:
+    """How many tokens every row of a right-padded batch starts with whose outputs no loss
+    needs: up to the first position where a row differs, is padding, or must predict a
+    label (`wanted`, rows x length - 1, marks those), leaving each row a token of its own."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    common = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
+    common[:-1] &= ~wanted.any(dim=0)
+    length = int(common.int().cumprod(dim=0).sum())
+    return max(0, min(length, int(mask.sum(dim=1).min()) - 1))
+
+
 def causal_lm_loss(
-    model, inputs: dict, labelled_only: bool = True, hook: _KeepLabelledPositions | None = None
+    model,
+    inputs: dict,
+    labelled_only: bool = True,
+    hook: _KeepLabelledPositions | None = None,
+    flat: bool = False,
+    lean_loss: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Summed next-token cross-entropy over labelled tokens, and how many there were.
 
     With `labelled_only` (and the hook on the model's output layer), logits are computed at
-    labelled positions only; the sum is the same as from the full logits.
+    labelled positions only; the sum is the same as from the full logits. With `flat`, a
+    right-padded batch runs as one row without padding, the tokens every row starts with
+    once (`shared_prefix_length`: on the support tickets the chat template's system turn and
+    user header, a quarter of the tokens; `ftkit.fast.flat_rows`): the same loss, the same
+    gradients up to rounding (tests/test_flat_rows.py). With `lean_loss`, the output
+    layer's logits are never held whole (`ftkit.fast.lean_output_loss`: chunks of 64
+    positions, the same loss and gradients up to rounding). The outputs' `logits` are then
+    those of the flat row, or the final hidden states under `lean_loss`.
     """
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]
     wanted = targets != IGNORE_INDEX
-    if labelled_only and hook is not None:
-        hook.keep = torch.cat([wanted, wanted.new_zeros((len(labels), 1))], dim=1)
-    try:
-        outputs = model(**inputs, use_cache=False)
-    finally:
-        if hook is not None:
-            hook.keep = None
-    logits = (
-        outputs.logits if labelled_only and hook is not None else outputs.logits[:, :-1][wanted]
-    )
-    loss = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    keep = torch.cat([wanted, wanted.new_zeros((len(labels), 1))], dim=1)
+    flat = flat and inputs.get("attention_mask") is not None and inputs["attention_mask"].dim() == 2
+    prefix = shared_prefix_length(inputs, wanted) if flat else 0
+    selected = labelled_only and hook is not None  # the hook keeps labelled positions only
+    with (
+        flat_rows(model, inputs["input_ids"], inputs.get("attention_mask"), prefix, flat) as rows,
+        lean_output_loss(model, enabled=lean_loss) as output_loss,
+    ):
+        if rows is not None:
+            inputs = {"input_ids": rows.input_ids, "position_ids": rows.position_ids}
+            keep = rows.take(keep)
+        try:
+            if selected:
+                hook.keep = keep
+            outputs = model(**inputs, use_cache=False)
+        finally:
+            if hook is not None:
+                hook.keep = None
+    outputs_at_labels = outputs.logits if selected else outputs.logits[keep]
+    if output_loss is not None:  # final hidden states: the loss without holding the logits
+        return output_loss(outputs_at_labels, targets[wanted]), wanted.sum(), outputs
+    loss = F.cross_entropy(outputs_at_labels.float(), targets[wanted], reduction="sum")
     return loss, wanted.sum(), outputs
 
 
@@ -182,8 +229,10 @@ class FtkitTrainer(Trainer):
     """`Trainer` with ftkit's loss, sampler, divergence guard and token counting."""
 
     def __init__(self, *args, labelled_logits_only: bool = True, lengths=None,
-                 micro_batch_tokens: int = 0, **kwargs):  # fmt: skip
+                 micro_batch_tokens: int = 0, flat_batches: bool = False,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.flat_batches = flat_batches  # each batch one row, no padding, prefix once
         self.lengths = lengths  # tokens per training example, for the length-grouped sampler
         self.micro_batch_tokens = micro_batch_tokens  # split larger batches (0: never)
         self.labelled_logits_only = labelled_logits_only
@@ -205,10 +254,13 @@ class FtkitTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {k: v for k, v in inputs.items() if k != "num_tokens"}
         hook = self.hook if self.labelled_logits_only else None
+        lean = self.labelled_logits_only  # nor the logits held whole
         # Under autocast, peft's cast of every LoRA input to the adapters' fp32 only copies
         # activations (the matmul runs in 16 bits anyway): skip it, same numbers, ~15% faster.
         with disable_input_dtype_casting(model, active=self.args.bf16 or self.args.fp16):
-            total, count, outputs = causal_lm_loss(model, inputs, self.labelled_logits_only, hook)
+            total, count, outputs = causal_lm_loss(
+                model, inputs, self.labelled_logits_only, hook, self.flat_batches, lean
+            )
         loss = total / (
             num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         )
@@ -218,7 +270,7 @@ class FtkitTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         tokens = int(inputs.get("num_tokens", torch.tensor(0)).sum())
-        pieces = micro_batches(inputs, self.micro_batch_tokens)
+        pieces = micro_batches(inputs, self.micro_batch_tokens, padded=not self.flat_batches)
         if len(pieces) == 1:
             loss = super().training_step(model, inputs, num_items_in_batch)
         else:  # each piece's loss is divided by the whole batch's labelled tokens: same gradient
@@ -292,20 +344,26 @@ class Collator:
         return tensors
 
 
-CPU_MICRO_BATCH_TOKENS = 512  # "auto" on a CPU: see micro_batch_budget
+CPU_MICRO_BATCH_TOKENS = 512  # "auto" on a CPU, padded batches: see micro_batch_budget
+CPU_FLAT_BATCH_TOKENS = 1024  # "auto" on a CPU, flat batches (real tokens)
 
 
-def micro_batch_budget(config, precision) -> int:
-    """Padded tokens per forward pass above which a batch is split (0: never), from
-    `config.micro_batch_tokens`.
+def micro_batch_budget(config, precision, flat: bool = False) -> int:
+    """Tokens per forward pass above which a batch is split (0: never), from
+    `config.micro_batch_tokens`: padded tokens, or with `flat` (batches run as flat rows)
+    real ones.
 
     "auto" splits on a CPU only: there a forward pass's cost grows with its tokens, not its
-    rows, so sorted, trimmed micro-batches lose padding and keep half the activations for
-    about the same time (benchmarks/RESULTS.md). A GPU runs a whole batch faster than its
-    pieces one after another, so there "auto" keeps it whole.
+    rows, so sorted, trimmed micro-batches of 512 padded tokens lose padding and keep half
+    the activations for about the same time. Flat batches have no padding to lose, and a
+    whole batch of 8 support tickets (about 750 tokens) ran faster than pieces of 512
+    (benchmarks/RESULTS.md): they split above 1024. A GPU runs a whole batch faster than
+    its pieces one after another, so there "auto" keeps it whole.
     """
     if config.micro_batch_tokens == "auto":
-        return CPU_MICRO_BATCH_TOKENS if precision.device == "cpu" else 0
+        if precision.device != "cpu":
+            return 0
+        return CPU_FLAT_BATCH_TOKENS if flat else CPU_MICRO_BATCH_TOKENS
     return int(config.micro_batch_tokens)
 
 
@@ -323,6 +381,7 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
     if main:  # drop what an interrupted run logged after its last checkpoint
         path.write_text("".join(json.dumps(record) + "\n" for record in records))
     logger = RunLogger(path if main else None, records)
+    flat = config.flat_batches and flat_rows_serve(model)
     early = [EarlyStoppingCallback(config.early_stopping_patience)] if (
         args.load_best_model_at_end) else []  # fmt: skip
     trainer = FtkitTrainer(
@@ -335,7 +394,8 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
         callbacks=[logger, *early, *watchers, TerminalProgressCallback(run_dir.name)],
         labelled_logits_only=config.labelled_logits_only,
         lengths=[len(item.input_ids) for item in train_items] if config.group_by_length else None,
-        micro_batch_tokens=micro_batch_budget(config, precision),
+        micro_batch_tokens=micro_batch_budget(config, precision, flat),
+        flat_batches=flat,
     )
     trainer.ftkit_logger = logger
     if quiet:  # the monitor shows progress instead
@@ -349,11 +409,12 @@ def build_trainer(config, run_dir, precision, model, tokenizer, data, watchers, 
     return trainer
 
 
-def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int = 8) -> float:
+def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int = 8,
+            flat: bool = True) -> float:  # fmt: skip
     """Mean loss per trained token of `model` on `examples` (completion-only, no gradients).
 
     Computes in the machine's training precision (bf16 autocast where native), like the
-    trainer's evaluation.
+    trainer's evaluation; each batch as one flat row where `flat` (see `causal_lm_loss`).
     """
     items = sorted(
         tokenize_examples(examples, tokenizer, max_length), key=lambda i: len(i.input_ids)
@@ -375,7 +436,7 @@ def loss_on(model, tokenizer, examples, max_length: int = 512, batch_size: int =
             for start in range(0, len(items), batch_size):
                 batch = collate(items[start : start + batch_size], tokenizer)
                 batch = {key: value.to(device) for key, value in batch.items()}
-                loss, n, _ = causal_lm_loss(model, batch, labelled_only=True, hook=hook)
+                loss, n, _ = causal_lm_loss(model, batch, True, hook, flat=flat, lean_loss=flat)
                 total, count = total + float(loss), count + int(n)
     finally:
         handle.remove()

@@ -39,6 +39,26 @@ def embedded_dir():
     return embedded_model_dir()
 
 
+@pytest.fixture(scope="module")
+def lora_fp32(embedded_dir):
+    """(model, tokenizer): the embedded model in fp32 with LoRA adapters and ftkit's training
+    speed-ups, no dropout, B non-zero (seeded) so that A gets gradients too."""
+    import torch  # imported here: this module sets HF_HOME before evaluate is first imported
+
+    from ftkit.config import TrainConfig
+    from ftkit.fast import speed_up_training
+    from ftkit.training import add_adapters
+
+    model, tokenizer = load_model(dtype="fp32")
+    model = add_adapters(model, TrainConfig(method="lora", lora_dropout=0.0))
+    speed_up_training(model)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model, tokenizer
+
+
 @pytest.fixture(scope="session")
 def model_and_tokenizer(embedded_dir):
     """The embedded model in the machine's compute dtype (bf16 where native, else fp32)."""

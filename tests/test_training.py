@@ -169,11 +169,13 @@ def test_micro_batches_sort_rows_and_trim_padding(splits, model_and_tokenizer):
     assert micro_batches(batch, batch["input_ids"].numel()) == [batch]  # fits: whole
 
 
-@pytest.mark.parametrize("device, expected", [("cpu", 512), ("cuda", 0)])
-def test_micro_batch_budget_auto_splits_on_cpu_only(device, expected):
+@pytest.mark.parametrize(
+    "device, flat, expected", [("cpu", False, 512), ("cpu", True, 1024), ("cuda", False, 0)]
+)
+def test_micro_batch_budget_auto_splits_on_cpu_only(device, flat, expected):
     precision = choose_precision(_cpu() if device == "cpu" else _gpu((8, 0)), "bf16")
-    assert micro_batch_budget(TrainConfig(), precision) == expected
-    assert micro_batch_budget(TrainConfig(micro_batch_tokens=300), precision) == 300
+    assert micro_batch_budget(TrainConfig(), precision, flat) == expected
+    assert micro_batch_budget(TrainConfig(micro_batch_tokens=300), precision, flat) == 300
 
 
 def test_a_split_step_gives_the_gradients_of_the_whole_batch(few, tmp_path):

@@ -1,5 +1,5 @@
 """Speed-ups that change no number: the same losses, gradients and replies, in less time or
-memory. The core switches them on through four entry points and never reaches inside.
+memory. The core switches them on through the entry points below and never reaches inside.
 
 `speed_up_training(model, lean_layers)`, on a model with its LoRA adapters, before training:
 
@@ -13,6 +13,17 @@ memory. The core switches them on through four entry points and never reaches in
   the block scales dequantised once (+2% and +5% tokens/s; tests/test_lean_4bit.py);
 - `cpu_memory` (on a CPU with glibc): freed activations returned to the OS, and the heap
   trimmed after every backward pass (peak 2.7 -> 2.1 GiB, then 2.20 -> 1.95 GiB).
+
+`flat_rows(model, input_ids, attention_mask, prefix)`, around each training forward pass
+(`ftkit.trainer.causal_lm_loss`): `flat_rows`, a padded batch as one row without padding,
+the `prefix` tokens all its rows start with computed once, attention keeping each row to
+its own tokens and that prefix (QLoRA on 256 support tickets 260 -> 330 non-padding tokens/s
+on the AVX512-BF16 CPU; tests/test_flat_rows.py).
+
+`lean_output_loss(model)`, around the same forward pass: `linear_cross_entropy`, the loss
+over the output layer's 49k logits and its gradient computed 64 positions at a time, the
+logits never held whole (that QLoRA run's peak 1.57 -> 1.47 GiB;
+tests/test_linear_cross_entropy.py).
 
 `fast_generation(model, prefix_ids, batch)`, around `generate`:
 
@@ -53,11 +64,14 @@ import torch
 
 from ftkit.fast.common import cache_name
 from ftkit.fast.cpu_memory import HeapRelease, cap_onednn_kernels, return_freed_memory
+from ftkit.fast.flat_rows import FlatRows, flat_rows_apply
+from ftkit.fast.flat_rows import flat_rows as flat_rows_of
 from ftkit.fast.folded_lora import folded_lora
 from ftkit.fast.generation_4bit import contiguous_logits_input, fast_4bit_generation
 from ftkit.fast.gguf_reading import read_gguf_once
 from ftkit.fast.lean_4bit import use_lean_4bit
 from ftkit.fast.lean_layers import use_lean_layers
+from ftkit.fast.linear_cross_entropy import hidden_at_output, linear_cross_entropy
 from ftkit.fast.lora_dropout import fuse_lora_dropout
 from ftkit.fast.shared_prefix import shared_prefix as keep_prefix_once  # not the module's name
 
@@ -66,6 +80,9 @@ __all__ = [
     "TrainingSpeedUps",
     "cap_onednn_kernels",
     "fast_generation",
+    "flat_rows",
+    "flat_rows_serve",
+    "lean_output_loss",
     "measured_on",
     "read_gguf_once",
     "speed_up_training",
@@ -116,6 +133,65 @@ def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> Train
         found.changed.append("glibc returns freed memory at once; heap trimmed every step")
         found.callbacks.append(HeapRelease())
     return found
+
+
+@contextmanager
+def flat_rows(model: torch.nn.Module, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor | None, prefix: int = 0,
+              enabled: bool = True) -> Iterator[FlatRows | None]:  # fmt: skip
+    """A right-padded batch (`input_ids`, `attention_mask`, its rows sharing their first
+    `prefix` tokens) as one row without padding, the prefix once (`flat_rows.FlatRows`):
+    inside this block, `model(input_ids=rows.input_ids, position_ids=rows.position_ids)`
+    computes for each real token what the padded batch would, on fewer tokens. Yields None
+    (run the batch as it is) when not `enabled`, without a 2-D mask, on a model
+    `flat_rows.flat_rows_apply` rejects, or on a device this was not measured on (a GPU).
+
+    Training and its validation loss run every batch this way (`ftkit.trainer.causal_lm_loss`):
+    on the support tickets a quarter of each example is the shared beginning (QLoRA 260 ->
+    330 non-padding tokens/s on the AVX512-BF16 CPU, benchmarks/RESULTS.md).
+    """
+    if not enabled or attention_mask is None or attention_mask.dim() != 2:
+        yield None
+        return
+    if not measured_on(model):
+        yield None
+        return
+    with flat_rows_of(model, input_ids, attention_mask, prefix) as rows:
+        yield rows
+
+
+def flat_rows_serve(model: torch.nn.Module) -> bool:
+    """Whether `flat_rows` runs `model`'s batches flat (else they run padded): a Llama-family
+    decoder on sdpa or ftkit's short attention, on a device this was measured on."""
+    return measured_on(model) and flat_rows_apply(model)
+
+
+@contextmanager
+def lean_output_loss(model: torch.nn.Module, enabled: bool = True) -> Iterator:
+    """Inside this block `model(...).logits` are the final hidden states (the output layer
+    passes its input on), and this yields `loss(hidden, targets)`: the summed cross-entropy
+    of the output layer's logits, computed in chunks without ever holding them whole
+    (`linear_cross_entropy`). Yields None (the model as it is) when not `enabled`, where the
+    output layer is not a plain linear layer of a Llama-family model, or on a device this
+    was not measured on (a GPU).
+
+    Training and its validation loss use it (`ftkit.trainer.causal_lm_loss`): the logits
+    and their gradient are about 10 bytes per labelled token per vocabulary entry (190 MB
+    for a batch of 8 support tickets), the chunks' 31 MB (QLoRA peak 1.57 -> 1.47 GiB;
+    tests/test_linear_cross_entropy.py).
+    """
+    if not enabled or not measured_on(model):
+        yield None
+        return
+    with hidden_at_output(model) as layer:
+        if layer is None:
+            yield None
+            return
+
+        def loss(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return linear_cross_entropy(hidden, layer.weight, targets, layer.autocast)
+
+        yield loss
 
 
 @contextmanager

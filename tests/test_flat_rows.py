@@ -119,6 +119,14 @@ def test_other_models_and_packed_rows_run_as_they_are(tickets, lora_hooked):
         assert rows is None  # a packed batch's 4-D mask: already without padding
     with flat_rows(model, batch["input_ids"], batch["attention_mask"], 4, enabled=False) as rows:
         assert rows is None
+    model.gradient_checkpointing_enable()  # attention recomputed in backward: outside the block
+    try:
+        with flat_rows(model, batch["input_ids"], batch["attention_mask"], 4) as rows:
+            assert rows is None
+    finally:
+        model.gradient_checkpointing_disable()
+    with flat_rows(model, batch["input_ids"], batch["attention_mask"], 4) as rows:
+        assert rows is not None
 
 
 def test_flat_micro_batches_count_real_tokens(tickets, lora_hooked):

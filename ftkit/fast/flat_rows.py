@@ -137,10 +137,15 @@ def _flat_or_previous(module, query, key, value, attention_mask, dropout=0.0, sc
 
 def flat_rows_apply(model: torch.nn.Module) -> bool:
     """Whether `flat_rows` can serve `model`: a Llama-family decoder on sdpa or ftkit's
-    short attention, without attention dropout, sliding windows or soft-capping."""
-    config = getattr(base_model(model), "config", None)
+    short attention, without attention dropout, sliding windows or soft-capping, and not
+    checkpointing activations (its layers would recompute attention in the backward pass,
+    outside `flat_rows`, over the whole flat row)."""
+    base = base_model(model)
+    config = getattr(base, "config", None)
+    decoder = getattr(base, "model", None)
     return (
         config is not None
+        and not getattr(decoder, "gradient_checkpointing", False)
         and getattr(config, "model_type", None) in _FAMILIES
         and getattr(config, "_attn_implementation", None) in ("sdpa", SHORT_ATTENTION)
         and not getattr(config, "attention_dropout", 0.0)

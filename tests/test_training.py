@@ -22,7 +22,6 @@ from transformers import TrainerCallback
 
 from ftkit.config import TrainConfig, TrainingError
 from ftkit.course.widgets import TrainingMonitor
-from ftkit.fast import speed_up_training
 from ftkit.faults import oom_advice
 from ftkit.formatting import collate, tokenize_examples, tokenize_for_training
 from ftkit.generation import generate_replies
@@ -41,7 +40,7 @@ from ftkit.trainer import (
     micro_batches,
     training_arguments,
 )
-from ftkit.training import add_adapters, load_for_training, train
+from ftkit.training import load_for_training, train
 
 TICKETS = load_task_data("support_tickets").task  # the shipped ticket task
 
@@ -126,13 +125,8 @@ def test_evaluate_and_generate_then_train_still_learns(few, tmp_path, tmp_path_f
     assert evaluated == pytest.approx(never, rel=0.02)  # same curve: evaluation changed nothing
 
 
-def test_labelled_logits_give_the_same_loss_and_gradients(few):
-    model, tokenizer = load_model(dtype="fp32")
-    model = add_adapters(model, TrainConfig(method="lora", lora_dropout=0.0))
-    speed_up_training(model)
-    for name, param in model.named_parameters():  # non-zero B, so A gets gradients too
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
+def test_labelled_logits_give_the_same_loss_and_gradients(few, lora_fp32):
+    model, tokenizer = lora_fp32
     batch = collate(tokenize_examples(few[0][:3], tokenizer), tokenizer)
     hook = _KeepLabelledPositions()
     model.get_output_embeddings().register_forward_pre_hook(hook)
@@ -178,16 +172,11 @@ def test_micro_batch_budget_auto_splits_on_cpu_only(device, flat, expected):
     assert micro_batch_budget(TrainConfig(micro_batch_tokens=300), precision, flat) == 300
 
 
-def test_a_split_step_gives_the_gradients_of_the_whole_batch(few, tmp_path):
+def test_a_split_step_gives_the_gradients_of_the_whole_batch(few, lora_fp32, tmp_path):
     """FtkitTrainer.training_step over micro-batches: the same loss and gradients as one
     pass over the whole batch (each piece is divided by the whole batch's labelled tokens)."""
-    model, tokenizer = load_model(dtype="fp32")
+    model, tokenizer = lora_fp32
     config = TrainConfig(method="lora", lora_dropout=0.0, precision="fp32")
-    model = add_adapters(model, config)
-    speed_up_training(model, config.lean_layers)
-    for name, param in model.named_parameters():  # non-zero B, so A gets gradients too
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
     batch = collate(tokenize_examples(few[0][:6], tokenizer), tokenizer)
     precision = choose_precision(_cpu(bf16=False), "fp32")
     args = training_arguments(config, tmp_path, precision, evaluating=False, quiet=True)

@@ -12,6 +12,9 @@ import functools
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+# `model_type`s built like Llama: RoPE from position_ids, logits straight from the output layer
+LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3"}
+
 
 def trains_with_grad(module: torch.nn.Module) -> bool:
     """True while `module` is in training mode with gradients on (the lean paths' condition)."""

@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from ftkit.fast.common import base_model, trains_with_grad
+from ftkit.fast.common import LLAMA_FAMILY, base_model, trains_with_grad
 from ftkit.fast.lean_layers import SHORT_ATTENTION, SHORT_LENGTH, short_attention
 
 FLAT_ATTENTION = "ftkit_flat"  # the attention implementation's registered name
 _ACTIVE: ContextVar[FlatRows | None] = ContextVar("ftkit_flat_rows", default=None)
-_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}  # RoPE from position_ids, no attention bias
 
 
 @dataclass
@@ -125,7 +124,7 @@ def flat_attention(flat: FlatRows, q, k, v, scale: float, module=None) -> torch.
     return torch.cat(parts, dim=1).transpose(0, 1)[None]
 
 
-def _flat_or_previous(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+def _flat_attention_interface(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       **kwargs):  # fmt: skip
     """transformers' attention interface while `flat_rows` is active."""
     flat = _ACTIVE.get()
@@ -146,7 +145,7 @@ def flat_rows_apply(model: torch.nn.Module) -> bool:
     return (
         config is not None
         and not getattr(decoder, "gradient_checkpointing", False)
-        and getattr(config, "model_type", None) in _FAMILIES
+        and getattr(config, "model_type", None) in LLAMA_FAMILY
         and getattr(config, "_attn_implementation", None) in ("sdpa", SHORT_ATTENTION)
         and not getattr(config, "attention_dropout", 0.0)
         and not getattr(config, "sliding_window", None)
@@ -165,7 +164,7 @@ def flat_rows(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: t
         yield None
         return
     flat = FlatRows.from_batch(input_ids, attention_mask, prefix)
-    AttentionInterface.register(FLAT_ATTENTION, _flat_or_previous)
+    AttentionInterface.register(FLAT_ATTENTION, _flat_attention_interface)
     base = base_model(model)
     previous = base.config._attn_implementation
     token = _ACTIVE.set(flat)

@@ -30,10 +30,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ftkit.fast.common import base_model
+from ftkit.fast.common import LLAMA_FAMILY, base_model
 
 CHUNK_ROWS = 64  # rows of logits alive at a time: 64 x 49152 x 10 bytes, about 31 MB
-_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}  # logits = lm_head(hidden), nothing after
 
 
 def _chunk_size(rows: int) -> int:
@@ -134,7 +133,7 @@ def hidden_at_output(model: torch.nn.Module) -> Iterator[OutputLayer | None]:
     plain = (
         type(head) is torch.nn.Linear
         and head.bias is None
-        and getattr(config, "model_type", None) in _FAMILIES
+        and getattr(config, "model_type", None) in LLAMA_FAMILY
         and not getattr(config, "final_logit_softcapping", None)
     )
     if not plain:

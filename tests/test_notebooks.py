@@ -197,3 +197,22 @@ def test_solutions_notebook_runs_in_smoke_mode(path, tmp_path, smoke_series, mon
     monkeypatch.setenv(SMOKE_RUNS_ENV, str(runs))
     run = run_notebook(path, tmp_path / path.name, mode="smoke", log=lambda _: None)
     _check(path.stem, nbformat.read(run.output, as_version=4))
+
+
+def test_notebooks_04_and_06_write_notebook_03s_recipe():
+    """04 and 06 pick up 03's fine-tune (`load_or_train`) and train it themselves when run
+    alone: their recipe must be 03's, or a notebook run on its own scores another model."""
+    paths = {path.name[:2]: path for path in series_notebooks()}
+
+    def recipe(number: str) -> str:
+        notebook = nbformat.read(paths[number], as_version=4)
+        cells = [c.source for c in notebook.cells if 'run_name=f"{data.name}-qlora"' in c.source]
+        assert len(cells) == 1, f"notebook {number}: one cell names the run {{data.name}}-qlora"
+        call = re.search(r"TrainConfig\((.*?)\)  # fmt: skip", cells[0], re.S)
+        assert call, f"notebook {number}: the recipe's TrainConfig(...) call"
+        settings = " ".join(call.group(1).split()).replace(" overwrite=True,", "")
+        assert "lr=" in settings and "num_epochs=" in settings
+        return settings
+
+    assert recipe("04") == recipe("03")
+    assert recipe("06") == recipe("03")

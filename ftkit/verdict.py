@@ -287,17 +287,39 @@ def strengths(comparison) -> str:
     return good + (f". **Where the fine-tune pulled ahead:** {ahead}." if far else ".")
 
 
-def curve_verdict(points: Sequence, reference, metric: str) -> str:
-    """The learning curve in words: from how many examples the fine-tune beats `reference`."""
-    bar = 100 * reference.scores[metric]
-    beating = [p.examples for p in points if 100 * p.score > bar]
-    where = "does not beat it at any of these sizes"
-    if beating:
-        where = f"beats it from **{beating[0]} training examples** on"
-    scores = ", ".join(f"{p.examples}: {100 * p.score:.1f}" for p in points)
-    return (f"On these {len(reference.predictions)} test examples the best prompting approach "
-            f"scores {bar:.1f} on `{metric}`. The fine-tune {where}; scores per size: "
-            f"{scores}.")  # fmt: skip
+def curve_verdict(points: Sequence, reference, metric: str, test_size: int | None = None) -> str:
+    """The learning curve in words: from how many examples the fine-tune beats `reference`,
+    each point with its 95% interval, and whether the intervals are apart.
+
+    `test_size`: the whole test split, when the curve was scored on fewer of its examples
+    (the sentence then says how much wider that makes each interval).
+    """
+    n = len(reference.predictions)
+    bar, (low, high) = 100 * reference.scores[metric], reference.intervals[metric]
+    above = [p.examples for p in points if 100 * p.score > bar]
+    clear = [p.examples for p in points if p.interval[0] > high]
+    if clear:
+        where = f"beats it from **{clear[0]} training examples** on, intervals apart"
+        if above[0] < clear[0]:
+            where += f" (from {above[0]} it scores higher, but within the intervals)"
+    elif above:
+        where = (f"scores higher from {above[0]} training examples on, but within the "
+                 "intervals: these test examples cannot tell them apart")  # fmt: skip
+    else:
+        where = "does not beat it at any of these sizes"
+    scores = ", ".join(
+        f"{p.examples}: {100 * p.score:.1f} [{100 * p.interval[0]:.0f}, {100 * p.interval[1]:.0f}]"
+        for p in points
+    )
+    fewer = ""
+    if test_size and test_size > n:
+        wider = (test_size / n) ** 0.5  # an interval's width goes with 1 / sqrt(examples)
+        fewer = (f" (of the {test_size} in the test split: scoring a point on them takes "
+                 f"{n / test_size:.0%} of the time, and its interval is about {wider:.1f}x as "
+                 "wide as on all of them)")  # fmt: skip
+    return (f"On these {n} test examples{fewer} the best prompting approach scores {bar:.1f} "
+            f"[{100 * low:.0f}, {100 * high:.0f}] on `{metric}`. The fine-tune {where}; "
+            f"scores per size, with 95% intervals: {scores}.")  # fmt: skip
 
 
 def describe_answers(task: Task, outputs: Sequence[str], references: Sequence[str]) -> str:

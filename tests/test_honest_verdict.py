@@ -6,6 +6,7 @@ Small hand-checked cases first (no model), then each rival on the embedded model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -14,11 +15,11 @@ import sys
 import pytest
 
 from ftkit.baseline import CLASSICAL, NAME, can_classify, classical_baseline
-from ftkit.comparison import Comparison
+from ftkit.comparison import Comparison, CurvePoint
 from ftkit.config import TrainConfig
 from ftkit.constrained import answer_schema, token_bound, xgrammar_available
 from ftkit.data import Example
-from ftkit.evaluation import Approach, ApproachResult, evaluate_approach, shots_for
+from ftkit.evaluation import Approach, ApproachResult, Prediction, evaluate_approach, shots_for
 from ftkit.knowledge import FAQ, knowledge_check, read_faq, states
 from ftkit.models import load_model
 from ftkit.retrieval import Retriever, retrieve_shots
@@ -29,6 +30,7 @@ from ftkit.task_data import load_task_data
 from ftkit.training import add_adapters
 from ftkit.verdict import (
     classical_verdict,
+    curve_verdict,
     knowledge_verdict,
     prompting_verdict,
     split_verdict,
@@ -158,6 +160,28 @@ def test_the_split_verdict_says_whether_validation_and_test_differ():
     text = split_verdict(val, test, "labels_exact")
     assert "**40.0 points lower on test**, intervals apart" in text
     assert "the intervals overlap" in split_verdict(val, alike, "labels_exact")
+
+
+def test_the_curve_verdict_states_every_interval_and_what_fewer_examples_cost():
+    answers = [Prediction(str(i), "a ticket", "{}", "{}", 100, 20) for i in range(80)]
+    best = _result("near", "base", {"labels_exact": 0.25}, {"labels_exact": (0.16, 0.35)})
+    best = dataclasses.replace(best, predictions=answers)  # scored on 80 test examples
+
+    def curve(*points):
+        return [CurvePoint(n, "labels_exact", s, (lo, hi), 1.0) for n, s, lo, hi in points]
+
+    points = curve((100, 0.05, 0.0, 0.1), (200, 0.3, 0.2, 0.4), (640, 0.6, 0.5, 0.7))
+    text = curve_verdict(points, best, "labels_exact", test_size=160)
+    assert "scores 25.0 [16, 35] on `labels_exact`" in text
+    assert "beats it from **640 training examples** on, intervals apart" in text
+    assert "(from 200 it scores higher, but within the intervals)" in text
+    assert "100: 5.0 [0, 10], 200: 30.0 [20, 40], 640: 60.0 [50, 70]" in text
+    assert "of the 160 in the test split: scoring a point on them takes 50% of the time" in text
+    assert "about 1.4x as wide" in text
+    overlapping = curve_verdict(points[:2], best, "labels_exact")
+    assert "scores higher from 200 training examples on, but within the intervals" in overlapping
+    assert "test split" not in overlapping  # scored on all of it: nothing to say
+    assert "does not beat it" in curve_verdict(points[:1], best, "labels_exact")
 
 
 def test_retrieval_finds_the_closest_examples():

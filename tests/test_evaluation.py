@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from ftkit import progress
-from ftkit.comparison import Comparison, CurvePoint, compare, learning_curve, subsample
+from ftkit.comparison import (
+    Comparison,
+    CurvePoint,
+    compare,
+    curve_sizes,
+    learning_curve,
+    subsample,
+)
 from ftkit.config import TrainConfig
 from ftkit.course.plots import (
     plot_approach_scores,
@@ -382,3 +389,17 @@ def test_learning_curve_trains_nested_subsets(splits, tmp_path, comparison):
     figure = plot_learning_curve(points, reference=comparison["base + prompt + 2-shot"])
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["4", "640"]
     assert isinstance(points[0], CurvePoint)
+
+
+def test_the_learning_curve_labels_only_its_sizes():
+    """Notebook 04's sizes for 640 examples span less than a decade: matplotlib would label
+    the minor ticks too ("3x10^2", "6x10^2" over "640")."""
+    sizes = curve_sizes(640)
+    points = [CurvePoint(n, PRIMARY, 0.3, (0.2, 0.4), 1.0) for n in sizes]
+    figure = plot_learning_curve(points)
+    figure.canvas.draw()  # tick labels are made when drawn
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["100", "200", "640"]
+    assert not [t.get_text() for t in axis.get_xticklabels(minor=True) if t.get_text()]
+    low, high = axis.get_xlim()
+    assert low < 100 and high > 640  # the end points clear of the frame

@@ -469,6 +469,8 @@ def plot_learning_curve(points, reference=None, ax: Axes | None = None) -> Figur
 
     `points` are `ftkit.comparison.CurvePoint`s.
     """
+    from matplotlib.ticker import NullFormatter
+
     points = sorted(points, key=lambda p: p.examples)
     if not points:
         raise ValueError("plot_learning_curve: no points (see ftkit.comparison.learning_curve).")
@@ -490,6 +492,8 @@ def plot_learning_curve(points, reference=None, ax: Axes | None = None) -> Figur
                    label=f"best prompting: {reference.name}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())  # no "3x10^2" between (or over) the sizes
+    ax.margins(x=0.08)  # the first and last points clear of the frame
     ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel(f"{points[0].metric}, points")
     ax.set_ylim(-5, 105)

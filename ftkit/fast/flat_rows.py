@@ -124,8 +124,8 @@ def flat_attention(flat: FlatRows, q, k, v, scale: float, module=None) -> torch.
     return torch.cat(parts, dim=1).transpose(0, 1)[None]
 
 
-def _flat_attention_interface(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                      **kwargs):  # fmt: skip
+def _flat_attention_interface(module, query, key, value, attention_mask, dropout=0.0,
+                              scaling=None, **kwargs):  # fmt: skip
     """transformers' attention interface while `flat_rows` is active."""
     flat = _ACTIVE.get()
     if flat is None or query.shape[0] != 1 or query.shape[2] != flat.input_ids.shape[1]:

@@ -182,7 +182,8 @@ def run_probe(
     batch_size = batch_size or eval_batch_size(model)
     replies = [r.text for r in generate_replies(model, tokenizer, prompts,
                                                 max_new_tokens=max_new_tokens,
-                                                batch_size=batch_size)]  # fmt: skip
+                                                batch_size=batch_size,
+                                                share_prefix=True)]  # fmt: skip
     passed = [passes(item, reply) for item, reply in zip(items, replies, strict=True)]
     return ProbeResult(name, items, replies, passed)
 

@@ -67,9 +67,11 @@ def generate_replies(
 ) -> list[Reply]:
     """Generate one reply per prompt, in batches, greedy unless `temperature` > 0.
 
-    `share_prefix=True` reads the tokens every prompt of a batch starts with (a long system
-    prompt, few-shot examples) once, not once per prompt, and keeps one copy of it, not one
-    per prompt: see `ftkit.fast.shared_prefix`.
+    `share_prefix=True` reads a batch's prompts as one row without padding (a third to half
+    of a padded batch of short prompts is padding), the tokens every prompt of the batch
+    starts with (a long system prompt, few-shot examples) once, not once per prompt, and
+    keeps one copy of those, not one per prompt: see `ftkit.fast.shared_prefix.prefilled`.
+    The same replies up to rounding; without it, `generate` reads the padded batch.
     `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
     become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
     not `max_new_tokens`, and every JSON score stays what it would have been.
@@ -158,11 +160,9 @@ def _generate_batch(
     extra = {"stopping_criteria": StoppingCriteriaList([giving_up])} if giving_up else {}
     if logits_processor is not None:
         extra["logits_processor"] = LogitsProcessorList([logits_processor()])
+    prompts_read = (input_ids, attention_mask, prefix) if share_prefix else ()  # else generate's
     started = time.perf_counter()
-    with (
-        torch.inference_mode(),
-        fast_generation(model, input_ids[:1, :prefix], len(prompts)) as cached,
-    ):
+    with torch.inference_mode(), fast_generation(model, *prompts_read) as cached:
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -105,7 +105,7 @@ def _ask(model, tokenizer, name, kind, entries, asked, questions, n_resamples):
     ]  # fmt: skip
     with adapter_for(model, Approach(name, model=kind)):  # inside knowledge_check's fast block
         replies = generate_replies(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                                   batch_size=BATCH)  # fmt: skip
+                                   batch_size=BATCH, share_prefix=True)  # fmt: skip
     right = [states(r.text, q.meta["fact"]) for r, q in zip(replies, questions, strict=True)]
     scored = mean_with_ci(right, "fact", n_resamples)
     low, high = (scored.get(f"fact_ci_{end}", scored["fact"]) for end in ("low", "high"))

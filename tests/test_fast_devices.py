@@ -27,7 +27,7 @@ def test_on_a_device_they_were_not_measured_on_nothing_changes():
     before = _shape(model)
     found = speed_up_training(model, lean_layers=True)
     assert found.changed == [] and found.callbacks == []
-    with fast_generation(model, torch.ones((1, 4), dtype=torch.long), batch=2) as extra:
+    with fast_generation(model, torch.ones((2, 4), dtype=torch.long), prefix=3) as extra:
         assert extra == {}  # no shared-prefix cache: plain generate
         assert _shape(model) == before
     assert _shape(model) == before

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ftkit.fast import shared_prefix as sp
-from ftkit.generation import generate_replies
+from ftkit.generation import generate_replies, to_messages
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
 from ftkit.task_data import load_task_data
@@ -74,10 +74,45 @@ def test_generation_keeps_the_prefix_once_and_reads_it_once(splits, monkeypatch)
     assert all(layer.prefix_keys.shape[0] == 1 for layer in caches)  # once, not once per row
     assert prefix_length > 500 and all(layer.keys.shape[0] == 4 for layer in caches)
     assert all(layer.keys.shape[2] < 200 for layer in caches)  # only the rows' own tokens
-    steps = max(r.new_tokens for r in shared) - 1  # the first token comes from reading prompts
+    steps = max(r.new_tokens for r in shared)  # the prompts but their last token read before
     assert calls.count(calls[0]) == len(calls) == steps * model.config.num_hidden_layers
     assert calls[0] == (4, model.config.num_attention_heads, 1, model.config.head_dim)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("system", [TICKETS.system_prompt, None])
+def test_prompts_are_read_without_padding_with_the_same_replies(splits, system):
+    """share_prefix=True reads a batch's prompts but each row's last token as one row: the
+    shared prefix once and every row's own tokens, no padding; `generate` then reads one
+    token per row. In fp32 the replies are those of the plain padded batch, with a long
+    shared system prompt or none."""
+    model, tokenizer = load_model(dtype="fp32")
+    prompts = _prompts(splits, slice(24, 30))
+    read = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda _m, args, _o: read.append(tuple(args[0].shape)))
+    try:
+        shared = generate_replies(model, tokenizer, prompts, system, max_new_tokens=10,
+                                  batch_size=6, share_prefix=True)  # fmt: skip
+    finally:
+        handle.remove()
+    plain = generate_replies(model, tokenizer, prompts, system, max_new_tokens=10, batch_size=6)
+    assert [r.text for r in shared] == [r.text for r in plain]
+    lengths = [r.prompt_tokens for r in shared]
+    assert len(set(lengths)) > 2  # rows of really different lengths: a padded batch pads
+    prefix = 0
+    if system:
+        chats = (to_messages(p, system) for p in prompts)
+        rows = [_ids(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in chats]
+        columns = zip(*rows, strict=False)  # up to the shortest row
+        prefix = next(i for i, column in enumerate(columns) if len(set(column)) > 1)
+        assert prefix > 500  # the system prompt, read once
+    assert read[0] == (1, prefix + sum(n - prefix - 1 for n in lengths))  # no padding
+    assert read[1:] == [(6, 1)] * (len(read) - 1)  # then one token per row per step
+
+
+def _ids(row):
+    return row["input_ids"] if hasattr(row, "keys") else row
 
 
 def _recording(layer_class, seen):

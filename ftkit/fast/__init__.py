@@ -73,7 +73,7 @@ from ftkit.fast.lean_4bit import use_lean_4bit
 from ftkit.fast.lean_layers import use_lean_layers
 from ftkit.fast.linear_cross_entropy import hidden_at_output, linear_cross_entropy
 from ftkit.fast.lora_dropout import fuse_lora_dropout
-from ftkit.fast.shared_prefix import shared_prefix as keep_prefix_once  # not the module's name
+from ftkit.fast.shared_prefix import prefilled
 
 __all__ = [
     "MEASURED_DEVICES",
@@ -139,7 +139,7 @@ def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> Train
 def flat_rows(model: torch.nn.Module, input_ids: torch.Tensor,
               attention_mask: torch.Tensor | None, prefix: int = 0,
               enabled: bool = True) -> Iterator[FlatRows | None]:  # fmt: skip
-    """A right-padded batch (`input_ids`, `attention_mask`, its rows sharing their first
+    """A padded batch (`input_ids`, `attention_mask`, its rows sharing their first
     `prefix` tokens) as one row without padding, the prefix once (`flat_rows.FlatRows`):
     inside this block, `model(input_ids=rows.input_ids, position_ids=rows.position_ids)`
     computes for each real token what the padded batch would, on fewer tokens. Yields None
@@ -196,10 +196,13 @@ def lean_output_loss(model: torch.nn.Module, enabled: bool = True) -> Iterator:
 
 @contextmanager
 def fast_generation(
-    model: torch.nn.Module, prefix_ids: torch.Tensor | None = None, batch: int = 1
+    model: torch.nn.Module,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    prefix: int = 0,
 ) -> Iterator[dict]:
     """Generate faster inside this block; yields the keyword arguments to add to `generate`
-    (the shared prefix's KV cache, under the name this transformers uses, or nothing).
+    (the prompts' KV cache, under the name this transformers uses, or nothing).
 
     What changes: 4-bit weights dequantised once (1.5x at one prompt, 1.3x at eight on an
     AVX2 CPU, benchmarks/generation_4bit.py), or with AVX512-BF16 served by bitsandbytes'
@@ -208,23 +211,26 @@ def fast_generation(
     layer given a contiguous input (1.7x on CPU; in fp32 its product taken as weight x
     rows^T, 2-3x for 2 to 80 rows on an AVX2 CPU), in fp32 each LoRA adapter folded into its
     layer's weight (one product, not three: a decoding step 10-15% faster on an AVX2 CPU,
-    benchmarks/folded_lora.py), and `prefix_ids` (shape (1, length): the tokens all `batch`
-    prompts start with) kept once in the cache and read once per token (notebook 04's
-    3-shot evaluation 135 -> 79 s). The same logits up to rounding (tests/test_models.py,
-    test_evaluation.py, test_shared_prefix.py, test_folded_lora.py). Blocks nest: an outer
-    one around many batches prepares the 4-bit weights once. On leaving, the model is
-    exactly as trainable as before. On a device this was not measured on (a GPU) the block
-    changes nothing.
+    benchmarks/folded_lora.py). Given the batch (`input_ids`, `attention_mask`, laid out as
+    `ftkit.generation` lays it out: the `prefix` tokens every row starts with, padding, each
+    row's own tokens), its prompts are read here but for each row's last token, as one row
+    without padding and the prefix once, and the prefix is kept once in the cache and read
+    once per generated token (`shared_prefix.prefilled`; notebook 04's 3-shot evaluation
+    135 -> 79 s for the prefix; without the padding, its five base-model approaches on 64
+    test tickets 186 -> 152 s on one core of the AVX512-BF16 CPU). The same logits up to rounding
+    (tests/test_models.py, test_evaluation.py, test_shared_prefix.py, test_folded_lora.py).
+    Blocks nest: an outer one around many batches prepares the 4-bit weights once. On
+    leaving, the model is exactly as trainable as before. On a device this was not measured
+    on (a GPU) the block changes nothing.
     """
     if not measured_on(model):  # never run on this device: plain `generate`, same replies
         yield {}
         return
-    if prefix_ids is None:
-        prefix_ids = torch.empty((1, 0), dtype=torch.long)
-    with (
-        fast_4bit_generation(model),
-        folded_lora(model),
-        contiguous_logits_input(model),
-        keep_prefix_once(model, prefix_ids, batch) as cache,
-    ):
-        yield {} if cache is None else {cache_name(): cache}
+    with fast_4bit_generation(model), folded_lora(model), contiguous_logits_input(model):
+        if input_ids is None:
+            yield {}
+            return
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with prefilled(model, input_ids, attention_mask, prefix) as cache:
+            yield {} if cache is None else {cache_name(): cache}

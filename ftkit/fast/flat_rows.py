@@ -5,7 +5,7 @@ turn and the user header) and about a third of each example is that beginning; a
 batch of 8 also carries some padding. Both cost the whole model's work per token: every
 product, norm and MLP runs on them.
 
-`FlatRows` lays a right-padded batch out as one row: the shared prefix once, then each
+`FlatRows` lays a padded batch out as one row: the shared prefix once, then each
 row's own real tokens, with the positions each token had in its row. Every layer but
 attention works token by token, so it computes for each token exactly what it did in the
 padded batch, on fewer tokens. Attention (`flat_attention`) puts the row structure back: the
@@ -41,7 +41,7 @@ _ACTIVE: ContextVar[FlatRows | None] = ContextVar("ftkit_flat_rows", default=Non
 
 @dataclass
 class FlatRows:
-    """A right-padded batch as one row: the first `prefix` tokens (the same in every row)
+    """A padded batch as one row: the first `prefix` tokens (the same in every row)
     once, then each row's own tokens after them, padding left out."""
 
     input_ids: torch.Tensor  # (1, tokens)
@@ -55,10 +55,12 @@ class FlatRows:
     @classmethod
     def from_batch(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    prefix: int) -> FlatRows:  # fmt: skip
-        """From a right-padded batch whose rows all start with the same `prefix` tokens."""
+        """From a batch whose rows all start with the same `prefix` tokens, each row's own
+        tokens after them padded on the right (training) or on the left (generation); a
+        token's position counts the real tokens before it, as `generate` counts them."""
         rows, length = input_ids.shape
         own = attention_mask[:, prefix:].bool()
-        positions = torch.arange(prefix, length, device=input_ids.device).expand(rows, -1)
+        positions = (attention_mask.long().cumsum(-1) - 1)[:, prefix:]
         flat_ids = torch.cat([input_ids[0, :prefix], input_ids[:, prefix:][own]])
         flat_positions = torch.cat([positions.new_tensor(range(prefix)), positions[own]])
         return cls(
@@ -157,7 +159,7 @@ def flat_rows_apply(model: torch.nn.Module) -> bool:
 def flat_rows(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               prefix: int) -> Iterator[FlatRows | None]:  # fmt: skip
     """Inside this block, `model(input_ids=flat.input_ids, position_ids=flat.position_ids)`
-    computes the right-padded batch (`input_ids`, `attention_mask`, rows sharing their first
+    computes the padded batch (`input_ids`, `attention_mask`, rows sharing their first
     `prefix` tokens) as a `FlatRows` `flat` (yielded); None where `flat_rows_apply` says no.
     The attention implementation is restored on leaving."""
     if not flat_rows_apply(model):

@@ -9,8 +9,11 @@ and sample answers come from that run.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import tempfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -95,6 +98,24 @@ def test_the_kernel_talks_over_private_sockets_not_tcp(tiny, tmp_path, capfd):
     assert "without encryption" not in capfd.readouterr().err
     settings = kernel_config(tmp_path).KernelManager
     assert settings.transport == "ipc" and settings.ip == str(tmp_path.resolve() / "kernel")
+
+
+def test_the_kernels_connection_file_stays_in_its_private_folder(tmp_path):
+    """jupyter_client writes a kernel's connection file (sockets and key) with mkstemp in the
+    system's temporary folder unless told where: a kernel stopped abruptly left it there.
+    With the runner's settings it lies in the run's private folder and goes with it."""
+    from jupyter_client import KernelManager
+
+    before = set(Path(tempfile.gettempdir()).glob("tmp*.json"))
+    manager = KernelManager(kernel_name="python3", config=kernel_config(tmp_path))
+    manager.start_kernel()
+    try:
+        written = Path(manager.connection_file)
+        assert written == tmp_path.resolve() / "kernel.json" and written.is_file()
+        assert json.loads(written.read_text())["key"]  # the kernel's real connection info
+    finally:
+        manager.shutdown_kernel(now=True)
+    assert set(Path(tempfile.gettempdir()).glob("tmp*.json")) <= before
 
 
 def test_a_failing_cell_is_named_and_the_partial_notebook_saved(tiny, tmp_path):

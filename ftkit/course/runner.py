@@ -297,13 +297,17 @@ def kernel_config(folder: str | os.PathLike) -> Config:
     over Unix sockets in `folder` (a private temporary one: mode 700) instead of TCP on
     localhost, which any local user can reach and which ipykernel 7 warns about at every
     start ("Kernel is running over TCP without encryption"); elsewhere TCP, as before. The
-    sockets' path is absolute: the kernel runs in another folder than this process."""
+    kernel's connection file (its sockets and key) is written in `folder` too, not as
+    jupyter_client's `tempfile.mkstemp` in the system's temporary folder, where a kernel
+    that did not shut down cleanly left it behind; it goes with `folder`. Paths are
+    absolute: the kernel runs in another folder than this process."""
     from traitlets.config import Config  # deferred: with nbclient, only for a run
 
-    if os.name != "posix":
-        return Config()
-    sockets = str(Path(folder).resolve() / "kernel")
-    return Config({"KernelManager": {"transport": "ipc", "ip": sockets}})
+    folder = Path(folder).resolve()
+    settings = {"connection_file": str(folder / "kernel.json")}
+    if os.name == "posix":
+        settings |= {"transport": "ipc", "ip": str(folder / "kernel")}
+    return Config({"KernelManager": settings})
 
 
 @contextlib.contextmanager

@@ -95,8 +95,19 @@ def compile_constraint(task: Task, examples: Sequence, tokenizer, stop_ids: list
 
 
 def processor_factory(compiled) -> Callable[[], object]:
-    """A function that makes a fresh logits processor per `generate` call (they are
-    single-use: each keeps the state of the answers it is constraining)."""
+    """A function that makes a fresh logits processor per batch (they are single-use: each
+    keeps the state of the answers it is constraining): xgrammar's, which can also follow
+    the rows still writing into a smaller `generate` call (`keep_rows`)."""
     import xgrammar as xgr
 
-    return lambda: xgr.contrib.hf.LogitsProcessor(compiled)
+    class Processor(xgr.contrib.hf.LogitsProcessor):
+        def keep_rows(self, rows: Sequence[int]) -> None:
+            """Constrain only `rows` of the batch from now on: their answers so far, and
+            each one's last token, which the next call hands over to be accepted. The
+            batch's other rows have finished (or leave unfinished)."""
+            self.matchers = [self.matchers[row] for row in rows]
+            self.compiled_grammars = [self.compiled_grammars[row] for row in rows]
+            self.batch_size = len(rows)
+            self.token_bitmask = xgr.allocate_token_bitmask(len(rows), self.full_vocab_size)
+
+    return lambda: Processor(compiled)

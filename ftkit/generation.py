@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ftkit.fast import fast_generation
+from ftkit.fast import cache_name, fast_generation
 
 Messages = list[dict[str, str]]
 
@@ -70,8 +70,9 @@ def generate_replies(
     `share_prefix=True` reads a batch's prompts as one row without padding (a third to half
     of a padded batch of short prompts is padding), the tokens every prompt of the batch
     starts with (a long system prompt, few-shot examples) once, not once per prompt, and
-    keeps one copy of those, not one per prompt: see `ftkit.fast.shared_prefix.prefilled`.
-    The same replies up to rounding; without it, `generate` reads the padded batch.
+    keeps one copy of those, not one per prompt: see `ftkit.fast.shared_prefix.prefilled`;
+    greedy and unconstrained, rows that finished leave the batch (`_decode`). The same
+    replies up to rounding; without it, `generate` reads and writes the padded batch.
     `give_up_after=N` stops a reply, once it has N tokens, as soon as it can no longer
     become one JSON object (`cannot_be_json`): a rambling base model then costs N tokens,
     not `max_new_tokens`, and every JSON score stays what it would have been.
@@ -155,26 +156,18 @@ def _generate_batch(
     sampling = (
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )
-    stops = torch.tensor(stop_token_ids(tokenizer), device=model.device)
-    giving_up = _GiveUpOnJson(tokenizer, width, give_up_after, stops) if give_up_after else None
-    extra = {"stopping_criteria": StoppingCriteriaList([giving_up])} if giving_up else {}
-    if logits_processor is not None:
-        extra["logits_processor"] = LogitsProcessorList([logits_processor()])
+    settings = dict(eos_token_id=stop_token_ids(tokenizer), pad_token_id=pad, **sampling)
+    # Rows that finished early go out of the batch (greedy: every row's tokens as in the
+    # whole batch), where the cache and the logits processor can follow the others.
+    compact = share_prefix and temperature == 0
     prompts_read = (input_ids, attention_mask, prefix) if share_prefix else ()  # else generate's
     started = time.perf_counter()
     with torch.inference_mode(), fast_generation(model, *prompts_read) as cached:
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stops.tolist(),
-            pad_token_id=pad,
-            **cached,
-            **sampling,
-            **extra,
-        )
+        output, gave_up = _decode(model, tokenizer, input_ids, attention_mask, cached,
+                                  max_new_tokens, settings, give_up_after, logits_processor,
+                                  compact)  # fmt: skip
     seconds = (time.perf_counter() - started) / len(prompts)
-    gave_up = giving_up.stopped if giving_up else {}
+    stops = torch.tensor(settings["eos_token_id"], device=model.device)
     new = output[:, width:]
     return [
         Reply(
@@ -187,6 +180,89 @@ def _generate_batch(
         )
         for index, (prompt, row, prompt_ids) in enumerate(zip(prompts, new, ids, strict=True))
     ]
+
+
+COMPACT_FROM = 4  # rows: a batch this small finishes together, whatever its rows' lengths
+
+
+def _decode(model, tokenizer, input_ids, attention_mask, cached, max_new_tokens, settings,
+            give_up_after, logits_processor, compact):  # fmt: skip
+    """`generate`'s sequences for the batch (rows, prompt width + new tokens; padding after a
+    row's stop token) and the rows given up on (`_GiveUpOnJson.stopped`).
+
+    With `compact`, a call ends once at most half its rows are still writing, and those go on
+    in a call of their own from the cache of the first (and with the batch's logits
+    processor, where it can follow them: `keep_rows`, as `ftkit.constrained`'s does; where it
+    cannot, the batch runs whole): a batch costs its rows' new tokens,
+    not its rows times its longest reply. Notebook 04's few-shot replies average 33 tokens
+    in a batch whose longest has 61: without this, 45% of the rows' decoding steps wrote
+    padding. Greedy decoding gives every row the tokens it gets in the whole batch. On 64
+    test tickets, one core of the AVX512-BF16 CPU, after `prefilled`: 3-shot 29.6 -> 22.0 s,
+    3 retrieved shots 66.9 -> 58.6 s.
+    """
+    rows, width = input_ids.shape
+    stops = torch.tensor(settings["eos_token_id"], device=input_ids.device)
+    extra, processor = {}, None
+    if logits_processor is not None:  # one for the batch: it keeps each row's state
+        processor = logits_processor()
+        extra["logits_processor"] = LogitsProcessorList([processor])
+        compact = compact and hasattr(processor, "keep_rows")
+    output = torch.full((rows, width + max_new_tokens), settings["pad_token_id"],
+                        dtype=input_ids.dtype, device=input_ids.device)  # fmt: skip
+    output[:, :width] = input_ids
+    kept = torch.arange(rows, device=input_ids.device)  # each row of this call: its batch row
+    tokens, mask, gave_up, longest = input_ids, attention_mask, {}, width
+    while True:
+        written = tokens.shape[1] - width
+        giving_up = _GiveUpOnJson(tokenizer, width, give_up_after, stops) if give_up_after else None
+        halving = None
+        if compact and len(kept) >= COMPACT_FROM:
+            halving = _FewLeft(width, stops, giving_up)
+        criteria = [c for c in (giving_up, halving) if c is not None]
+        result = model.generate(
+            input_ids=tokens,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens - written,
+            return_dict_in_generate=True,
+            **({"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}),
+            **cached,
+            **settings,
+            **extra,
+        )
+        sequences = result.sequences
+        longest = max(longest, sequences.shape[1])
+        output[kept, : sequences.shape[1]] = sequences
+        for row, count in (giving_up.stopped if giving_up else {}).items():
+            gave_up[int(kept[row])] = count
+        if halving is None or not halving.fired or sequences.shape[1] - width >= max_new_tokens:
+            break
+        writing = halving.writing.nonzero().squeeze(1)
+        if processor is not None:
+            processor.keep_rows(writing.tolist())
+        cache = getattr(result, cache_name())
+        cache.batch_select_indices(writing)
+        ones = mask.new_ones(len(mask), sequences.shape[1] - mask.shape[1])
+        tokens, mask = sequences[writing], torch.cat([mask, ones], dim=1)[writing]
+        kept, cached = kept[writing], {cache_name(): cache}
+    return output[:, :longest], gave_up
+
+
+class _FewLeft(StoppingCriteria):
+    """A `generate` stopping criterion: ends the call (every row) once at most half its rows
+    are still writing (no stop token yet, not given up on); `writing` says which, `fired`
+    whether it ended the call."""
+
+    def __init__(self, width: int, stops: torch.Tensor, giving_up: _GiveUpOnJson | None) -> None:
+        self.width, self.stops, self.giving_up = width, stops, giving_up
+        self.fired, self.writing = False, None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        writing = ~torch.isin(input_ids[:, self.width :], self.stops).any(dim=1)
+        if self.giving_up is not None:
+            writing[list(self.giving_up.stopped)] = False
+        self.writing = writing
+        self.fired = bool(writing.any()) and 2 * int(writing.sum()) <= len(writing)
+        return torch.full_like(writing, self.fired)
 
 
 def _common_prefix(rows: list[list[int]]) -> int:

@@ -8,6 +8,7 @@ notebook 04 runs the real comparison).
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -23,6 +24,7 @@ from ftkit.comparison import (
     subsample,
 )
 from ftkit.config import TrainConfig
+from ftkit.constrained import INSTALL, compile_constraint, processor_factory, xgrammar_available
 from ftkit.course.plots import (
     plot_approach_scores,
     plot_confusion,
@@ -40,7 +42,7 @@ from ftkit.evaluation import (
     pick_shots,
     standard_approaches,
 )
-from ftkit.generation import generate_replies
+from ftkit.generation import generate_replies, stop_token_ids
 from ftkit.models import load_model
 from ftkit.scoring import score_predictions
 from ftkit.splits import load_dataset_splits
@@ -176,6 +178,49 @@ def test_a_shared_prefix_is_read_once_with_the_same_replies(splits):
     assert [r.text for r in shared] == [r.text for r in plain]
     assert [r.prompt_tokens for r in shared] == [r.prompt_tokens for r in plain]
     assert min(r.prompt_tokens for r in plain) > 500  # the prefix really is long
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_rows_that_finish_early_leave_the_batch_with_the_same_replies(splits, monkeypatch,
+                                                                      constrained):  # fmt: skip
+    """With share_prefix=True a greedy batch goes on without its finished rows: a `generate`
+    call ends once at most half its rows are still writing, and those continue from its
+    cache in a smaller call, constrained decoding's processor following them. In fp32 every
+    reply (text, token count, given up or not) is the plain batch's, where every row runs
+    to the longest reply."""
+    if constrained and not xgrammar_available():
+        pytest.skip(f"constrained decoding needs xgrammar: {INSTALL}")
+    model, tokenizer = load_model(dtype="fp32")
+    few_shot = standard_approaches(TICKETS, shots=2)[2]
+    shots = pick_shots(list(splits["train"]), 2, task=TICKETS)
+    picked = [9, 12, 13, 18, 20, 22, 23, 5] if constrained else range(8)  # constrained:
+    test = list(splits["test"])  # most replies take 37 tokens, these 32 to 51
+    prompts = [build_prompt(test[i], few_shot, shots) for i in picked]
+    settings = {"max_new_tokens": 48, "batch_size": 8, "give_up_after": 24}
+    if constrained:
+        stops = stop_token_ids(tokenizer)
+        compiled = compile_constraint(TICKETS, list(splits["train"]), tokenizer, stops,
+                                      model.config.vocab_size)  # fmt: skip
+        settings |= {"logits_processor": processor_factory(compiled), "give_up_after": None,
+                     "max_new_tokens": 64}  # fmt: skip
+    rows = []
+    generate = type(model).generate
+
+    def counted(self, **settings):
+        rows.append(len(settings["input_ids"]))
+        return generate(self, **settings)
+
+    monkeypatch.setattr(type(model), "generate", counted)
+    shared = generate_replies(model, tokenizer, prompts, share_prefix=True, **settings)
+    compacted, rows[:] = list(rows), []
+    plain = generate_replies(model, tokenizer, prompts, **settings)
+    assert rows == [8]  # the plain batch: one call, every row to the end
+    assert compacted[0] == 8 and len(compacted) > 1 and compacted == sorted(compacted)[::-1]
+    assert all(later <= earlier // 2 for earlier, later in itertools.pairwise(compacted))
+    assert [(r.text, r.new_tokens, r.gave_up) for r in shared] == [
+        (r.text, r.new_tokens, r.gave_up) for r in plain
+    ]
+    assert len({r.new_tokens for r in plain}) > 2  # replies of really different lengths
 
 
 def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(splits):

@@ -78,6 +78,7 @@ from ftkit.fast.shared_prefix import prefilled
 __all__ = [
     "MEASURED_DEVICES",
     "TrainingSpeedUps",
+    "cache_name",
     "cap_onednn_kernels",
     "fast_generation",
     "flat_rows",

@@ -191,14 +191,14 @@ def _decode(model, tokenizer, input_ids, attention_mask, cached, max_new_tokens,
     row's stop token) and the rows given up on (`_GiveUpOnJson.stopped`).
 
     With `compact`, a call ends once at most half its rows are still writing, and those go on
-    in a call of their own from the cache of the first (and with the batch's logits
-    processor, where it can follow them: `keep_rows`, as `ftkit.constrained`'s does; where it
-    cannot, the batch runs whole): a batch costs its rows' new tokens,
-    not its rows times its longest reply. Notebook 04's few-shot replies average 33 tokens
-    in a batch whose longest has 61: without this, 45% of the rows' decoding steps wrote
-    padding. Greedy decoding gives every row the tokens it gets in the whole batch. On 64
-    test tickets, one core of the AVX512-BF16 CPU, after `prefilled`: 3-shot 29.6 -> 22.0 s,
-    3 retrieved shots 66.9 -> 58.6 s.
+    in a call of their own from the cache of the first, with the batch's logits processor
+    where it can follow them (`keep_rows`, as `ftkit.constrained`'s can; where it cannot,
+    the batch runs whole): a batch costs its rows' new tokens, not its rows times its
+    longest reply. Notebook 04's few-shot replies average 33 tokens in a batch whose longest
+    has 61: without this, 45% of the rows' decoding steps wrote padding. Greedy decoding
+    gives every row the tokens it gets in the whole batch. On 64 test tickets, one core of
+    the AVX512-BF16 CPU, after `prefilled`: 3-shot 29.6 -> 22.0 s, 3 retrieved shots 66.9 ->
+    58.6 s.
     """
     rows, width = input_ids.shape
     stops = torch.tensor(settings["eos_token_id"], device=input_ids.device)

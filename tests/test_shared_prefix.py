@@ -72,6 +72,9 @@ def test_generation_keeps_the_prefix_once_and_reads_it_once(splits, monkeypatch)
     assert len(caches) == model.config.num_hidden_layers
     prefix_length = caches[0].prefix_keys.shape[2]
     assert all(layer.prefix_keys.shape[0] == 1 for layer in caches)  # once, not once per row
+    for layer in caches:  # its own memory, not a view keeping the whole prompt read alive
+        for kept in (layer.prefix_keys, layer.prefix_values):
+            assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size()
     assert prefix_length > 500 and all(layer.keys.shape[0] == 4 for layer in caches)
     assert all(layer.keys.shape[2] < 200 for layer in caches)  # only the rows' own tokens
     steps = max(r.new_tokens for r in shared)  # the prompts but their last token read before

@@ -129,7 +129,8 @@ def prefilled(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return
     layers = []
     for layer in cache.layers:  # (1, kv heads, tokens, dim): the prefix, then the rows' own
-        kept = _PrefixLayer(layer.keys[:, :, :prefix], layer.values[:, :, :prefix])
+        # copies: a view would keep the whole flat row's keys and values alive
+        kept = _PrefixLayer(layer.keys[:, :, :prefix].clone(), layer.values[:, :, :prefix].clone())
         kept.keys = flat.padded(layer.keys[0, :, prefix:])
         kept.values = flat.padded(layer.values[0, :, prefix:])
         layers.append(kept)

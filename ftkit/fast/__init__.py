@@ -25,7 +25,7 @@ over the output layer's 49k logits and its gradient computed 64 positions at a t
 logits never held whole (that QLoRA run's peak 1.57 -> 1.47 GiB;
 tests/test_linear_cross_entropy.py).
 
-`fast_generation(model, prefix_ids, batch)`, around `generate`:
+`fast_generation(model, input_ids, attention_mask, prefix)`, around `generate`:
 
 - `generation_4bit`: 4-bit weights served by bitsandbytes' AVX512-BF16 kernel or
   dequantised once per block (1.5x at one prompt, 1.3x at eight without AVX512-BF16;
@@ -36,7 +36,9 @@ tests/test_linear_cross_entropy.py).
   peft's logits to fp32 rounding; tests/test_folded_lora.py);
 - `shared_prefix`: a prefix every prompt shares (system prompt, few-shot examples) kept
   once in the cache and read once per generated token (3-shot evaluation 135 -> 79 s;
-  tests/test_shared_prefix.py).
+  tests/test_shared_prefix.py), and the batch's prompts read before `generate` as one row
+  without padding (`prefilled`: notebook 04's five base-model approaches on 64 tickets
+  186 -> 152 s; tests/test_shared_prefix.py).
 
 `read_gguf_once()`, around transformers' loading of a GGUF file (the embedded model's
 conversion, `ftkit.export.check_gguf`): `gguf_reading`, the file's header parsed once, not

@@ -115,18 +115,29 @@ def prefilled(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     `shared_prefix` (the rows' own tokens then read padded, by `generate`).
     """
     rows, width = input_ids.shape
-    if width - prefix < 2 or not _on_sdpa(model):
+    cache = None
+    if width - prefix >= 2 and _on_sdpa(model):
+        cache = _read_flat(model, input_ids[:, :-1], attention_mask[:, :-1], prefix)
+    if cache is None:
         with shared_prefix(model, input_ids[:1, :prefix], rows) as cache:
             yield cache
         return
-    with flat_rows(model, input_ids[:, :-1], attention_mask[:, :-1], prefix) as flat:
-        if flat is not None:
-            cache = model(input_ids=flat.input_ids, position_ids=flat.position_ids,
-                          use_cache=True, logits_to_keep=1)[cache_name()]  # fmt: skip
-    if flat is None or not all(type(layer) is DynamicLayer for layer in cache.layers):
-        with shared_prefix(model, input_ids[:1, :prefix], rows) as cache:
-            yield cache
-        return
+    with prefix_attention(model, cache):
+        yield cache
+
+
+def _read_flat(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               prefix: int) -> DynamicCache | None:  # fmt: skip
+    """`prefilled`'s cache of the batch (`input_ids`, `attention_mask`), read as one flat row:
+    the prefix once (batch 1), each row's own tokens in the batch's layout; None where
+    `flat_rows` cannot serve the model or its cache is not plain `DynamicLayer`s."""
+    with flat_rows(model, input_ids, attention_mask, prefix) as flat:
+        if flat is None:
+            return None
+        cache = model(input_ids=flat.input_ids, position_ids=flat.position_ids,
+                      use_cache=True, logits_to_keep=1)[cache_name()]  # fmt: skip
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
     layers = []
     for layer in cache.layers:  # (1, kv heads, tokens, dim): the prefix, then the rows' own
         # copies: a view would keep the whole flat row's keys and values alive
@@ -135,8 +146,7 @@ def prefilled(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         kept.values = flat.padded(layer.values[0, :, prefix:])
         layers.append(kept)
     cache.layers = layers
-    with prefix_attention(model, cache):
-        yield cache
+    return cache
 
 
 def _on_sdpa(model) -> bool:

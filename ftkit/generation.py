@@ -156,7 +156,8 @@ def _generate_batch(
     sampling = (
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )
-    settings = dict(eos_token_id=stop_token_ids(tokenizer), pad_token_id=pad, **sampling)
+    stops = torch.tensor(stop_token_ids(tokenizer), device=model.device)
+    settings = dict(eos_token_id=stops.tolist(), pad_token_id=pad, **sampling)
     # Rows that finished early go out of the batch (greedy: every row's tokens as in the
     # whole batch), where the cache and the logits processor can follow the others.
     compact = share_prefix and temperature == 0
@@ -164,10 +165,9 @@ def _generate_batch(
     started = time.perf_counter()
     with torch.inference_mode(), fast_generation(model, *prompts_read) as cached:
         output, gave_up = _decode(model, tokenizer, input_ids, attention_mask, cached,
-                                  max_new_tokens, settings, give_up_after, logits_processor,
-                                  compact)  # fmt: skip
+                                  max_new_tokens, stops, settings, give_up_after,
+                                  logits_processor, compact)  # fmt: skip
     seconds = (time.perf_counter() - started) / len(prompts)
-    stops = torch.tensor(settings["eos_token_id"], device=model.device)
     new = output[:, width:]
     return [
         Reply(
@@ -185,8 +185,8 @@ def _generate_batch(
 COMPACT_FROM = 4  # rows: a batch this small finishes together, whatever its rows' lengths
 
 
-def _decode(model, tokenizer, input_ids, attention_mask, cached, max_new_tokens, settings,
-            give_up_after, logits_processor, compact):  # fmt: skip
+def _decode(model, tokenizer, input_ids, attention_mask, cached, max_new_tokens, stops,
+            settings, give_up_after, logits_processor, compact):  # fmt: skip
     """`generate`'s sequences for the batch (rows, prompt width + new tokens; padding after a
     row's stop token) and the rows given up on (`_GiveUpOnJson.stopped`).
 
@@ -201,7 +201,6 @@ def _decode(model, tokenizer, input_ids, attention_mask, cached, max_new_tokens,
     58.6 s.
     """
     rows, width = input_ids.shape
-    stops = torch.tensor(settings["eos_token_id"], device=input_ids.device)
     extra, processor = {}, None
     if logits_processor is not None:  # one for the batch: it keeps each row's state
         processor = logits_processor()

@@ -236,13 +236,15 @@ def test_ctrl_c_stops_the_running_notebooks_and_starts_no_other(tmp_path):
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ftkit_run_given_ctrl_c(presses, tmp_path):
     """`ftkit run` (what `make main` runs) given Ctrl-C: once, it stops the notebook before its
-    next cell and says so; twice, it exits at once. Either way with 130, and its kernels,
-    which watch their parent, end with it."""
+    next cell and says so; twice, it exits at once. Either way with 130, its kernels, which
+    watch their parent, end with it, and no temporary folder of the run stays behind."""
     import psutil
 
-    log = tmp_path / "log.txt"
+    log, scratch = tmp_path / "log.txt", tmp_path / "tmp"
+    scratch.mkdir()
     process = subprocess.Popen(
         [sys.executable, "-m", "ftkit", "run", "--mode", "smoke", "--out", str(tmp_path), "01"],
+        env=os.environ | {"TMPDIR": str(scratch)},  # the run's temporary folders go here
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
     )  # fmt: skip
@@ -271,6 +273,7 @@ def test_ftkit_run_given_ctrl_c(presses, tmp_path):
         assert "Traceback" not in said
     _, alive = psutil.wait_procs(kernels, timeout=15)
     assert not alive
+    assert not list(scratch.iterdir())  # the kernel's sockets, the progress file, smoke's runs
 
 
 def _machine(**changes) -> HardwareInfo:

@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         NotebookFailed,
         SeriesInterrupted,
         prepare_dataset,
+        remove_scratch,
         run_series,
     )
 
@@ -100,7 +101,9 @@ def _run(args: argparse.Namespace) -> int:
               "command again.", file=sys.stderr, flush=True)  # fmt: skip
         sys.stdout.flush()
         # At once: a normal exit would wait for the notebooks' threads, still talking to
-        # kernels that end with this process (each watches its parent).
+        # kernels that end with this process (each watches its parent). Those threads'
+        # temporary folders would stay behind: removed here.
+        remove_scratch()
         os._exit(130)
     return 0
 

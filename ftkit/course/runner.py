@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -34,7 +35,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ftkit import progress
 from ftkit.catalog import EMBEDDED_MODEL
@@ -63,6 +64,30 @@ MODES = ("full", "smoke")
 # the whole machine (a fresh-clone `make main` on the 2-core AVX512-BF16 EPYC, 2026-12-06,
 # notebook 05's full fine-tune beside notebook 04's evaluation).
 LANE_MEMORY_GB = 4.0
+
+
+class _Scratch(tempfile.TemporaryDirectory):
+    """A temporary folder of this run, removed when its block ends, as `TemporaryDirectory`,
+    and by `remove_scratch` when the process must exit before the blocks end."""
+
+    live: ClassVar[set[str]] = set()
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix=prefix)
+        self.live.add(self.name)
+
+    def cleanup(self) -> None:
+        self.live.discard(self.name)
+        super().cleanup()
+
+
+def remove_scratch() -> None:
+    """Remove the temporary folders of notebooks still running (their kernel's sockets and
+    connection file, the progress file): for an exit that skips the notebooks' own clean-up,
+    `ftkit run` stopping at once on a second Ctrl-C."""
+    for folder in list(_Scratch.live):
+        shutil.rmtree(folder, ignore_errors=True)
+        _Scratch.live.discard(folder)
 
 
 def _say(line: str) -> None:
@@ -181,7 +206,7 @@ def run_notebook(
         nbformat.write(notebook, output)  # the executed part so far, readable during a run
 
     timer = SectionTimer(notebook, section_done)
-    sockets = tempfile.TemporaryDirectory(prefix="ftkit-kernel-")
+    sockets = _Scratch("ftkit-kernel-")
     share = KernelThreads(threads, Path(sockets.name) / "threads", path.name[:2], log)
     stop_file = Path(stop_file).resolve() if stop_file is not None else None
     stopping = {} if stop_file is None else {progress.STOP_ENV: str(stop_file)}
@@ -318,7 +343,7 @@ def _kernel_progress(
     as they come: the kernel, started inside the block with the environment it yields, gets
     a file to append them to, which a thread here reads every second (and calls
     `every_second` then)."""
-    with tempfile.TemporaryDirectory(prefix="ftkit-progress-") as folder:
+    with _Scratch("ftkit-progress-") as folder:
         lines = Path(folder) / "progress.log"
         lines.touch()
         stop = threading.Event()
@@ -435,7 +460,7 @@ def run_series(
     with contextlib.ExitStack() as stack:
         if mode == "smoke":  # the kernels inherit this process's environment
             if smoke_runs is None:
-                smoke_runs = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftkit-"))
+                smoke_runs = stack.enter_context(_Scratch("ftkit-"))
             stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
         try:  # one lane too: the notebooks run in a thread, this one waits and takes the Ctrl-C
             runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop)

@@ -68,3 +68,25 @@ def test_release_heap_returns_freed_small_tensors_to_the_os():
     assert release_heap()
     assert before - _resident_mib() > 200, "the freed 300 MB stayed resident"
     assert pin.sum() == 100_000
+
+
+def test_the_avx2_stand_in_makes_ftkit_compute_in_fp32():
+    """`benchmarks/as_avx2.py` (the AVX2-only kind's stand-in on an AVX512-BF16 CPU): the
+    command it starts, and Python processes that one starts, see no native bf16 and AVX2
+    kernels, so ftkit picks fp32; without it, this machine's own answer."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "as_avx2.py"
+    probe = (
+        "import subprocess, sys, torch; from ftkit.hardware import detect_hardware; "
+        "print(torch.backends.cpu.get_cpu_capability(), detect_hardware().dtype, flush=True); "
+        "subprocess.run([sys.executable, '-c', 'import torch; print(torch.cpu."
+        "_is_avx512_bf16_supported())'], check=True)"
+    )
+    inside = subprocess.run([sys.executable, str(script), sys.executable, "-c", probe],
+                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert inside == ["AVX2", "torch.float32", "False"]
+    outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             check=True).stdout.split()  # fmt: skip
+    assert outside[1] == str(detect_hardware().dtype)

@@ -164,10 +164,14 @@ def test_micro_batches_sort_rows_and_trim_padding(splits, model_and_tokenizer):
 
 
 @pytest.mark.parametrize(
-    "device, flat, expected", [("cpu", False, 512), ("cpu", True, 1024), ("cuda", False, 0)]
-)
-def test_micro_batch_budget_auto_splits_on_cpu_only(device, flat, expected):
-    precision = choose_precision(_cpu() if device == "cpu" else _gpu((8, 0)), "bf16")
+    "device, dtype, flat, expected",
+    [("cpu", "bf16", False, 512), ("cpu", "bf16", True, 1024), ("cpu", "fp32", False, 512),
+     ("cpu", "fp32", True, 512), ("cuda", "bf16", False, 0), ("cuda", "bf16", True, 0)],
+)  # fmt: skip
+def test_micro_batch_budget_auto_splits_on_cpu_only(device, dtype, flat, expected):
+    hardware = _cpu(bf16=dtype == "bf16") if device == "cpu" else _gpu((8, 0))
+    precision = choose_precision(hardware, "auto")
+    assert precision.name == dtype
     assert micro_batch_budget(TrainConfig(), precision, flat) == expected
     assert micro_batch_budget(TrainConfig(micro_batch_tokens=300), precision, flat) == 300
 

@@ -24,10 +24,10 @@ of 8 as one flat row without padding, the 24 tokens every ticket starts with (th
 template's system turn and user header) computed once per batch, and never holds the
 output layer's logits whole (its CPU defaults: `ftkit.fast.flat_rows`,
 `ftkit.fast.lean_output_loss`; a batch above 1024 tokens in bf16, 512 in fp32,
-`--micro-batch-tokens`, runs as length-sorted micro-batches), with the same loss and gradients; its "trained
-tokens" count what the model computed (the prefix once per batch). MFU counts 4 N FLOPs
-per non-padding token for every trainer, so ftkit's shared prefix shows there as
-utilisation it did not need. Each run is a
+`--micro-batch-tokens`, runs as length-sorted micro-batches), with the same loss and
+gradients; its "trained tokens" count what the model computed (the prefix once per batch).
+MFU counts 4 N FLOPs per non-padding token for every trainer, so ftkit's shared prefix
+shows there as utilisation it did not need. Each run is a
 separate process (the parent reads its peak resident memory from the operating system
 with `wait4`), and which trainer goes first turns (per method from round to round, and
 between methods within a round) so a machine that slows down over time hurts none more.

@@ -3,7 +3,7 @@
 The course's slower CPU kind, a 2-core AMD EPYC with AVX2 only, has no native bf16, and
 ftkit computes in fp32 there (twice the time of bf16 on the other kind). This runs a
 command, and every Python process it starts (notebook kernels, a benchmark's workers), on a
-CPU with AVX512-BF16 as a stand-in for that kind:
+x86 CPU with AVX512-BF16 as a stand-in for that kind:
 
 - torch's checks for native bf16 and AMX answer False (`as_avx2_site/sitecustomize.py`,
   put on PYTHONPATH), so ftkit's `detect_hardware` chooses fp32;

@@ -70,6 +70,8 @@ def test_release_heap_returns_freed_small_tensors_to_the_os():
     assert pin.sum() == 100_000
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="AVX2 and its stand-in exist on x86 CPUs only")  # fmt: skip
 def test_the_avx2_stand_in_makes_ftkit_compute_in_fp32():
     """`benchmarks/as_avx2.py` (the AVX2-only kind's stand-in on an AVX512-BF16 CPU): the
     command it starts, and Python processes that one starts, see no native bf16 and AVX2

@@ -367,7 +367,7 @@ def micro_batch_budget(config, precision, flat: bool = False) -> int:
             return 0
         if not flat:
             return CPU_MICRO_BATCH_TOKENS
-        return CPU_FLAT_BATCH_TOKENS if precision.name != "fp32" else CPU_FLAT_FP32_BATCH_TOKENS
+        return CPU_FLAT_FP32_BATCH_TOKENS if precision.name == "fp32" else CPU_FLAT_BATCH_TOKENS
     return int(config.micro_batch_tokens)
 
 

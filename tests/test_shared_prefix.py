@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ftkit.fast import shared_prefix as sp
-from ftkit.generation import generate_replies, to_messages
+from ftkit.generation import MIN_SHARED_PREFIX, generate_replies, to_messages
 from ftkit.models import load_model
 from ftkit.splits import load_dataset_splits
 from ftkit.task_data import load_task_data
@@ -88,7 +88,7 @@ def test_prompts_are_read_without_padding_with_the_same_replies(splits, system):
     """share_prefix=True reads a batch's prompts but each row's last token as one row: the
     shared prefix once and every row's own tokens, no padding; `generate` then reads one
     token per row. In fp32 the replies are those of the plain padded batch, with a long
-    shared system prompt or none."""
+    shared system prompt or none (then the chat template's own 24 tokens are shared)."""
     model, tokenizer = load_model(dtype="fp32")
     prompts = _prompts(splits, slice(24, 30))
     read = []
@@ -103,13 +103,14 @@ def test_prompts_are_read_without_padding_with_the_same_replies(splits, system):
     assert [r.text for r in shared] == [r.text for r in plain]
     lengths = [r.prompt_tokens for r in shared]
     assert len(set(lengths)) > 2  # rows of really different lengths: a padded batch pads
-    prefix = 0
+    chats = (to_messages(p, system) for p in prompts)
+    rows = [_ids(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in chats]
+    columns = zip(*rows, strict=False)  # up to the shortest row
+    prefix = next(i for i, column in enumerate(columns) if len(set(column)) > 1)
     if system:
-        chats = (to_messages(p, system) for p in prompts)
-        rows = [_ids(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in chats]
-        columns = zip(*rows, strict=False)  # up to the shortest row
-        prefix = next(i for i, column in enumerate(columns) if len(set(column)) > 1)
         assert prefix > 500  # the system prompt, read once
+    else:  # the chat template's own system turn and user header, read once too
+        assert MIN_SHARED_PREFIX <= prefix < 40
     assert read[0] == (1, prefix + sum(n - prefix - 1 for n in lengths))  # no padding
     assert read[1:] == [(6, 1)] * (len(read) - 1)  # then one token per row per step
 

@@ -326,4 +326,35 @@ def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
     tokenizer = _tokenizer_from(source, trust_remote_code)
     if quantization == "nf4":
         keep_4bit_trainable(model)
+    if quantization and device == "cpu":
+        release_checkpoint_file(model)
     return model, tokenizer
+
+
+def release_checkpoint_file(model: torch.nn.Module) -> int:
+    """Copy the tensors of a quantised CPU model that still read the checkpoint file into
+    memory of their own, so the file's mapping goes; returns how many were copied.
+
+    transformers maps a safetensors file and keeps each tensor whose dtype matches as a view
+    of that mapping. Quantising replaces the linear layers' weights, but the embeddings and
+    norms stay views, and every page of the file read while loading stays resident with
+    them: in fp32 (the embedded model is cached in fp32) a 4-bit model kept 405 MB of its
+    538 MB file for the 113 MB it uses (the process 1217 MB, 920 after the copy). Where the
+    dtype differs (bf16) transformers copies already, and nothing changes. Unquantised
+    models keep their views: every page is in use, and another process loading the same
+    file shares them.
+    """
+    from bitsandbytes.nn import Params4bit
+
+    copied = 0
+    with torch.no_grad():
+        for module in model.modules():
+            for parameter in module.parameters(recurse=False):
+                if parameter.device.type == "cpu" and not isinstance(parameter, Params4bit):
+                    parameter.data = parameter.data.clone()  # tied weights stay one Parameter
+                    copied += 1
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and buffer.device.type == "cpu":
+                    module._buffers[name] = buffer.clone()
+                    copied += 1
+    return copied

@@ -348,11 +348,11 @@ def release_checkpoint_file(model: torch.nn.Module) -> int:
 
     copied = 0
     with torch.no_grad():
+        for parameter in model.parameters():  # each once, tied weights too
+            if parameter.device.type == "cpu" and not isinstance(parameter, Params4bit):
+                parameter.data = parameter.data.clone()  # tied weights stay one Parameter
+                copied += 1
         for module in model.modules():
-            for parameter in module.parameters(recurse=False):
-                if parameter.device.type == "cpu" and not isinstance(parameter, Params4bit):
-                    parameter.data = parameter.data.clone()  # tied weights stay one Parameter
-                    copied += 1
             for name, buffer in module.named_buffers(recurse=False):
                 if buffer is not None and buffer.device.type == "cpu":
                     module._buffers[name] = buffer.clone()

@@ -196,10 +196,33 @@ class GGUFCheck:
         )
 
 
-def greedy_answers(model, tokenizer, prompts: Sequence, max_new_tokens: int) -> list[str]:
-    """Greedy answers to chat `prompts` (message lists), one at a time, no padding."""
+def greedy_answers(
+    model, tokenizer, prompts: Sequence, max_new_tokens: int, together: bool = False
+) -> list[str]:
+    """Greedy answers to chat `prompts` (message lists), one at a time, no padding: as
+    `ftkit.ship.load_in_fresh_process` answers, in plain transformers.
+
+    `together=True` answers them together with `ftkit.generation.generate_replies` (a
+    batch's prompts read as one row without padding, the start they share once): the same
+    answers up to rounding, for comparing models with each other (an export with the model
+    it came from) rather than with a fresh process. 8 test tickets, 48 new tokens, a merged
+    fp32 model, one thread of a 2-core Xeon with AMX: 14.4 s one at a time, 4.5 s together,
+    all 8 answers the same.
+    """
     import torch
 
+    if together:
+        # deferred: ftkit.evaluation imports torch, which this module loads only when used
+        from ftkit.evaluation import eval_batch_size
+
+        # deferred: as above (ftkit.generation imports torch)
+        from ftkit.generation import generate_replies
+
+        batch = eval_batch_size(model)
+        replies = generate_replies(model, tokenizer, [list(m) for m in prompts],
+                                   max_new_tokens=max_new_tokens, batch_size=batch,
+                                   share_prefix=True)  # fmt: skip
+        return [reply.text for reply in replies]
     answers = []
     for messages in prompts:
         ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
@@ -214,11 +237,12 @@ def greedy_answers(model, tokenizer, prompts: Sequence, max_new_tokens: int) -> 
 
 def check_gguf(
     gguf_path: str | Path, reference: Sequence[str], prompts: Sequence, tokenizer,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 48, together: bool = False,
 ) -> GGUFCheck:  # fmt: skip
     """Load `gguf_path` back with transformers' GGUF reader (weights dequantised to fp32)
     and answer `prompts` greedily with `tokenizer`; compare with `reference`, the merged
-    model's greedy answers to the same prompts (`greedy_answers`)."""
+    model's greedy answers to the same prompts (`greedy_answers`, with the same
+    `together`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -234,7 +258,7 @@ def check_gguf(
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch.float32).eval()  # fmt: skip
         file_type = gguf_file_type(path)
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens)
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, together)
     return GGUFCheck(path, file_type, path.stat().st_size / 1e6,
                      [a == b for a, b in zip(answers, reference, strict=True)], answers,
                      list(reference), time.perf_counter() - started)  # fmt: skip

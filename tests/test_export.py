@@ -58,6 +58,17 @@ def test_f16_answers_as_the_merged_model_does(merged, exported, capfd):
     assert check.gguf_type == "f16"  # read from the file's header, not its name
 
 
+def test_answers_together_are_the_answers_one_at_a_time(merged, exported):
+    """`together` (notebook 06's forms, each answering in one batch) gives the merged model
+    and its f16 file the answers they give one prompt at a time, as a fresh process asks."""
+    folder, tokenizer, prompts, reference = merged
+    model, _ = load_model(str(folder), dtype=torch.float32)
+    together = greedy_answers(model.eval(), tokenizer, prompts, NEW_TOKENS, together=True)
+    assert together == reference
+    check = check_gguf(exported["f16"], together, prompts, tokenizer, NEW_TOKENS, together=True)
+    assert check.answers == reference and check.agreement == 1
+
+
 def test_q8_0_is_smaller_and_its_agreement_is_measured(merged, exported):
     """8 bits per weight move the base model's rambling answers off their near-ties: on 8
     test tickets and 32 tokens, 4 of 8 identical (q4_0: 1 of 8; f16: 8 of 8), measured on

@@ -15,8 +15,8 @@ from ftkit.noise import BITSANDBYTES_NOISE
 from ftkit.runs import SMOKE_RUNS_ENV
 
 # Notebook 05's solutions train three exercise runs, two in processes of their own: 110 s on
-# the AVX2-only kind, the longest of the six. The checks they call are tested on runs trained
-# here (tests/test_iterate.py), so that notebook runs in the slow tier, the other five by
+# the AVX2-only kind, the longest of the six. The checks they call are tested on runs that
+# tests/test_iterate.py trains, so that notebook runs in the slow tier, the other five by
 # default.
 SOLUTIONS = [
     pytest.param(path, marks=pytest.mark.slow) if path.stem.startswith("05_") else path

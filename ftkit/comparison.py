@@ -308,10 +308,16 @@ class CurvePoint:
     run_dir: str | None = None  # the run folder of this point's training
 
 
+SMALL_RUN = 64  # examples: notebook 05's runs, and the smallest point of notebook 04's curve
+
+
 def curve_sizes(n: int) -> list[int]:
-    """Training-set sizes for a learning curve over `n` examples: 100, 200 and all of them,
-    or, below 400 examples, a quarter, a half and all (at least 4 each)."""
-    parts = (100, 200) if n >= 400 else (max(4, n // 4), max(4, n // 2))
+    """Training-set sizes for a learning curve over `n` examples: `SMALL_RUN` (64), 200 and
+    all of them, or, below 400 examples, a quarter, a half and all (at least 4 each).
+
+    The smallest point is the size of notebook 05's runs: its run at the series' recipe is
+    that point's run, trained once (`ftkit.reuse.shared_run`)."""
+    parts = (SMALL_RUN, 200) if n >= 400 else (max(4, n // 4), max(4, n // 2))
     return sorted({*(size for size in parts if size < n), n})
 
 

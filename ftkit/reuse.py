@@ -9,6 +9,11 @@ instead of training again. Names, folders, log frequency and how many checkpoint
 do not count: they change no weight. Anything else that differs (one token of data, a
 learning rate, a new version of peft, an edit to ftkit/trainer.py) trains again, saying
 why. `make main` relies on it for a second run of the series.
+
+A run without validation data records nothing but its adapter, so any finished run that
+trained the same adapter serves it, whatever its name and its own validation
+(`weights_fingerprint`, `shared_run`): notebook 04's learning curve starts at notebook 05's
+run of the series' recipe rather than training it a second time.
 """
 
 from __future__ import annotations
@@ -29,10 +34,35 @@ from ftkit.runs import FINISHED, RESUMABLE_CHANGES, config_changes, final_dir, l
 VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
 
+# What only records a run, with no early stopping: when it evaluates (in a forked RNG, on
+# the model in eval mode) and saves checkpoints changes no weight of the adapter
+RECORD_ONLY = ("eval_steps", "save_steps")
+
+
 def fingerprint(config, precision, train_items, val_items=None) -> str:
     """A SHA-256 of everything that decides a run's adapter (see the module docstring)."""
     # names, folders, logging, trackers (report_to) and kept checkpoints change no weight
     settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    return _digest(settings, config, precision, train_items, val_items)
+
+
+def weights_fingerprint(config, precision, train_items, val_items=None) -> str:
+    """A SHA-256 of what decides the adapter's weights alone: `fingerprint` without the
+    validation data and the evaluation and checkpoint steps, unless the validation loss
+    steers the run (early stopping, the best checkpoint loaded at the end).
+
+    Two runs with the same one trained the same adapter (tests/test_runs.py): notebook 05's
+    run at the series' recipe, validated every few steps, is the learning curve's smallest
+    point in notebook 04, trained without validation (`shared_run`).
+    """
+    if config.early_stopping_patience is not None and val_items is not None:
+        return fingerprint(config, precision, train_items, val_items)
+    skipped = {*RESUMABLE_CHANGES, *RECORD_ONLY}
+    settings = {k: v for k, v in asdict(config).items() if k not in skipped}
+    return _digest(settings, config, precision, train_items, None)
+
+
+def _digest(settings: dict, config, precision, train_items, val_items) -> str:
     versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
     versions["ftkit code"] = training_code_id()  # an edited checkout trains again too
     header = {
@@ -114,6 +144,35 @@ def reusable_run(config, key: str) -> Path | None:
         "again, pass reuse=False or delete the folder."
     )
     return path
+
+
+def shared_run(config, weights_key: str) -> Path | None:
+    """A finished run under `config.runs_dir` (or one folder down: notebook 05's
+    `runs/iterate`) that trained the adapter a run without validation would train: the
+    same `weights_fingerprint`, whatever its name and its own validation. None if none.
+
+    `train(..., reuse=True)` without validation data reads it back instead of training: the
+    learning curve's smallest point is notebook 05's run at the same recipe, trained once.
+    """
+    root = Path(config.runs_dir)
+    if not weights_key or not root.is_dir():
+        return None
+    for path in sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")]):
+        folder = path.parent
+        try:
+            info = json.loads(path.read_text())
+            result = json.loads((folder / "result.json").read_text())
+        except (OSError, ValueError):
+            continue  # unfinished, being written by another notebook, or not a run
+        if (info.get("weights_fingerprint") == weights_key and result.get("status") in FINISHED
+                and final_dir(folder, config.method).is_dir()):  # fmt: skip
+            print(
+                f"[ftkit] Reusing the finished run at {folder}: it trained this adapter (same "
+                "settings, data, base model and library versions; its validation, which "
+                "changes no weight, aside). To train again, pass reuse=False."
+            )
+            return folder
+    return None
 
 
 def resumable_run(config, key: str) -> str | None:

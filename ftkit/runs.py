@@ -171,8 +171,9 @@ def checkpoint_epoch(checkpoint: str | Path | None) -> float:
     return float(state.get("epoch") or 0.0)
 
 
-def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str = "") -> None:
-    """Save config.json: the TrainConfig, what data it saw, ftkit's version, the fingerprint."""
+def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str = "",
+                 weights_fingerprint: str = "") -> None:  # fmt: skip
+    """Save config.json: the TrainConfig, what data it saw, ftkit's version, the fingerprints."""
     if not _is_main_process():
         return
     data = {"train": _data_summary(train_items), "validation": _data_summary(val_items)}
@@ -183,6 +184,7 @@ def write_config(run_dir: Path, config, train_items, val_items, fingerprint: str
         "ftkit_version": __version__,
         "torch_version": torch.__version__,
         "fingerprint": fingerprint,  # what decides the adapter, hashed: see ftkit.reuse
+        "weights_fingerprint": weights_fingerprint,  # the same without what only records
     }
     (run_dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
 

@@ -44,7 +44,14 @@ from ftkit.formatting import tokenize_for_training
 from ftkit.hardware import Precision, choose_precision, detect_hardware
 from ftkit.models import keep_4bit_trainable, load_model, load_tokenizer
 from ftkit.progress import stop_if_requested, stop_requested
-from ftkit.reuse import fingerprint, load_adapter_into, resumable_run, reusable_run
+from ftkit.reuse import (
+    fingerprint,
+    load_adapter_into,
+    resumable_run,
+    reusable_run,
+    shared_run,
+    weights_fingerprint,
+)
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import TrainingDiverged, build_trainer
 
@@ -193,7 +200,8 @@ def train(
     `config.run_name` from its last checkpoint; `reuse=True` returns the finished run
     `config.run_name` instead of training, if its fingerprint (config, data, base weights,
     precision, versions: `ftkit.reuse`) matches, and continues it from its last checkpoint
-    if it was interrupted (`resumable_run`).
+    if it was interrupted (`resumable_run`); without validation examples, any finished run
+    under `config.runs_dir` that trained the same adapter is returned (`shared_run`).
     """
     started = time.perf_counter()
     stop_if_requested(f"training {config.run_name or config.method}")  # the runner's Ctrl-C
@@ -216,7 +224,11 @@ def train(
         val_items = tokenize_for_training(validation_examples, tokenizer, config.max_length,
                                           split="validation")  # fmt: skip
     key = fingerprint(config, precision, train_items, val_items)
-    found = reusable_run(config, key) if reuse else None
+    weights_key = weights_fingerprint(config, precision, train_items, val_items)
+    found = None
+    if reuse and val_items is None:  # nothing to record: any run that trained this adapter
+        found = shared_run(config, weights_key)
+    found = found or (reusable_run(config, key) if reuse else None)
     if found:
         return reused_result(found, config, model, tokenizer)
     interrupted = resumable_run(config, key) if reuse and not resume else None
@@ -238,7 +250,7 @@ def train(
     speed_ups = speed_up_training(model, config.lean_layers)  # same numbers: see ftkit.fast
     if resume and checkpoint is None:
         print(f"[ftkit] {run_dir.name}: no complete checkpoint yet, starting from step 0.")
-    runs.write_config(run_dir, config, train_items, val_items, key)
+    runs.write_config(run_dir, config, train_items, val_items, key, weights_key)
     stopper = monitor if isinstance(monitor, StopControl) else StopControl()
     watchers = [stopper, *([monitor] if monitor not in (None, stopper) else []), *callbacks]
     watchers += speed_ups.callbacks

@@ -444,7 +444,7 @@ def test_the_learning_curve_labels_only_its_sizes():
     figure = plot_learning_curve(points)
     figure.canvas.draw()  # tick labels are made when drawn
     axis = figure.axes[0]
-    assert [t.get_text() for t in axis.get_xticklabels()] == ["100", "200", "640"]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["64", "200", "640"]
     assert not [t.get_text() for t in axis.get_xticklabels(minor=True) if t.get_text()]
     low, high = axis.get_xlim()
-    assert low < 100 and high > 640  # the end points clear of the frame
+    assert low < 64 and high > 640  # the end points clear of the frame

@@ -362,6 +362,50 @@ def test_reuse_refuses_a_run_whose_settings_or_data_differ(trained, splits, caps
     assert "the data, the base model's weights" in capsys.readouterr().out
 
 
+def test_a_run_without_validation_reuses_any_run_that_trained_its_adapter(
+    trained, splits, tmp_path, capsys
+):
+    """Notebook 04's learning curve (no validation) and notebook 05's run of the same recipe
+    (validated every few steps, in runs/iterate): one training serves both, because
+    evaluating and saving checkpoints change no weight."""
+    from ftkit.formatting import tokenize_examples
+    from ftkit.hardware import choose_precision, detect_hardware
+    from ftkit.reuse import fingerprint, weights_fingerprint
+
+    config, first = trained  # validated at steps 3 and 6, checkpoints at 3 and 6
+    examples = list(splits["train"])[:12]
+    runs = tmp_path / "runs"
+    shutil.copytree(first.run_dir, runs / "iterate" / "v1")  # notebook 05's folder
+    curve = replace(config, runs_dir=str(runs), run_name="curve-12", eval_steps=None,
+                    save_steps=10_000)  # fmt: skip
+    capsys.readouterr()
+    result = train(curve, examples, reuse=True)
+    assert f"Reusing the finished run at {runs / 'iterate' / 'v1'}" in capsys.readouterr().out
+    assert result.reused and result.run_dir == runs / "iterate" / "v1"
+    assert (result.steps, result.val_loss) == (6, first.val_loss)
+    assert not (runs / "curve-12").exists()
+    # the premise, measured: trained without validation, the very same adapter
+    fresh = train(replace(curve, run_name="fresh"), examples)
+    assert not fresh.reused and fresh.val_loss is None
+    ours = load_file(fresh.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(first.adapter_dir / "adapter_model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    # what the key leaves out, and what it keeps
+    precision = choose_precision(detect_hardware())
+    items = tokenize_examples(examples, first.tokenizer, config.max_length)
+    val = sorted(tokenize_examples(list(splits["validation"])[:4], first.tokenizer),
+                 key=lambda i: len(i.input_ids))  # fmt: skip
+    key = weights_fingerprint(curve, precision, items)
+    assert json.loads((first.run_dir / "config.json").read_text())["weights_fingerprint"] == key
+    assert weights_fingerprint(config, precision, items, val) == key
+    assert weights_fingerprint(replace(curve, lr=2e-3), precision, items) != key
+    assert weights_fingerprint(curve, precision, items[:-1]) != key
+    early = replace(config, early_stopping_patience=2)  # the validation loss steers it
+    steered = weights_fingerprint(early, precision, items, val)
+    assert steered == fingerprint(early, precision, items, val)
+
+
 def test_reuse_trains_again_when_the_data_changed(trained, splits, tmp_path, capsys):
     import shutil
 

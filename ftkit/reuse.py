@@ -41,9 +41,7 @@ RECORD_ONLY = ("eval_steps", "save_steps")
 
 def fingerprint(config, precision, train_items, val_items=None) -> str:
     """A SHA-256 of everything that decides a run's adapter (see the module docstring)."""
-    # names, folders, logging, trackers (report_to) and kept checkpoints change no weight
-    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
-    return _digest(settings, config, precision, train_items, val_items)
+    return fingerprints(config, precision, train_items, val_items)[0]
 
 
 def weights_fingerprint(config, precision, train_items, val_items=None) -> str:
@@ -55,29 +53,42 @@ def weights_fingerprint(config, precision, train_items, val_items=None) -> str:
     run at the series' recipe, validated every few steps, is the learning curve's smallest
     point in notebook 04, trained without validation (`shared_run`).
     """
-    if config.early_stopping_patience is not None and val_items is not None:
-        return fingerprint(config, precision, train_items, val_items)
-    skipped = {*RESUMABLE_CHANGES, *RECORD_ONLY}
-    settings = {k: v for k, v in asdict(config).items() if k not in skipped}
-    return _digest(settings, config, precision, train_items, None)
+    return fingerprints(config, precision, train_items, val_items)[1]
 
 
-def _digest(settings: dict, config, precision, train_items, val_items) -> str:
+def fingerprints(config, precision, train_items, val_items=None) -> tuple[str, str]:
+    """(`fingerprint`, `weights_fingerprint`) in one pass over the data, as `train` needs."""
+    steered = config.early_stopping_patience is not None and val_items is not None
+    # names, folders, logging, trackers (report_to) and kept checkpoints change no weight
+    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     versions = {name: _version(name) for name in VERSIONED} | {"ftkit": __version__}
     versions["ftkit code"] = training_code_id()  # an edited checkout trains again too
     header = {
-        "config": settings,
         "base": base_weights_id(config.model),
         "compute": [precision.name, precision.optimizer, precision.device],
         "versions": versions,
     }
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode())
+
+    def start(kept: dict):
+        text = json.dumps(header | {"config": kept}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode())
+
+    full = start(settings)
+    weights = None if steered else start(
+        {k: v for k, v in settings.items() if k not in RECORD_ONLY})  # fmt: skip
     for split, items in (("train", train_items), ("validation", val_items)):
-        digest.update(f"|{split}:{'none' if items is None else len(items)}|".encode())
+        mark = f"|{split}:{'none' if items is None else len(items)}|".encode()
+        full.update(mark)
+        if weights is not None:
+            weights.update(mark if split == "train" else b"|validation:none|")
         for item in items or []:
             positions = getattr(item, "position_ids", None)
-            digest.update(json.dumps([item.input_ids, item.labels, positions]).encode())
-    return digest.hexdigest()
+            line = json.dumps([item.input_ids, item.labels, positions]).encode()
+            full.update(line)
+            if weights is not None and split == "train":
+                weights.update(line)
+    key = full.hexdigest()
+    return key, key if weights is None else weights.hexdigest()
 
 
 COURSE_ZONE = ("course",)  # ftkit's notebooks layer: it decides no weight of a run

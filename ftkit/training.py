@@ -44,14 +44,7 @@ from ftkit.formatting import tokenize_for_training
 from ftkit.hardware import Precision, choose_precision, detect_hardware
 from ftkit.models import keep_4bit_trainable, load_model, load_tokenizer
 from ftkit.progress import stop_if_requested, stop_requested
-from ftkit.reuse import (
-    fingerprint,
-    load_adapter_into,
-    resumable_run,
-    reusable_run,
-    shared_run,
-    weights_fingerprint,
-)
+from ftkit.reuse import fingerprints, load_adapter_into, resumable_run, reusable_run, shared_run
 from ftkit.splits import load_dataset_splits
 from ftkit.trainer import TrainingDiverged, build_trainer
 
@@ -223,8 +216,7 @@ def train(
     if validation_examples is not None:
         val_items = tokenize_for_training(validation_examples, tokenizer, config.max_length,
                                           split="validation")  # fmt: skip
-    key = fingerprint(config, precision, train_items, val_items)
-    weights_key = weights_fingerprint(config, precision, train_items, val_items)
+    key, weights_key = fingerprints(config, precision, train_items, val_items)
     found = None
     if reuse and val_items is None:  # nothing to record: any run that trained this adapter
         found = shared_run(config, weights_key)

@@ -345,8 +345,7 @@ class Collator:
 
 
 CPU_MICRO_BATCH_TOKENS = 512  # "auto" on a CPU, padded batches: see micro_batch_budget
-CPU_FLAT_BATCH_TOKENS = 1024  # "auto" on a CPU, flat batches (real tokens), in bf16
-CPU_FLAT_FP32_BATCH_TOKENS = 512  # the same in fp32 (a CPU without native bf16)
+CPU_FLAT_BATCH_TOKENS = 1024  # "auto" on a CPU, flat batches (real tokens)
 
 
 def micro_batch_budget(config, precision, flat: bool = False) -> int:
@@ -356,18 +355,17 @@ def micro_batch_budget(config, precision, flat: bool = False) -> int:
 
     "auto" splits on a CPU only: there a forward pass's cost grows with its tokens, not its
     rows, so sorted, trimmed micro-batches of 512 padded tokens lose padding and keep half
-    the activations for about the same time. Flat batches have no padding to lose: in bf16
-    a whole batch of 8 support tickets (about 750 tokens) ran faster than pieces of 512, so
-    they split above 1024; in fp32, where every tensor is twice the bytes, pieces of 512
-    ran 1.25x faster than whole batches, at less memory (benchmarks/RESULTS.md). A GPU runs
-    a whole batch faster than its pieces one after another, so there "auto" keeps it whole.
+    the activations for about the same time. Flat batches have no padding to lose: a whole
+    batch of 8 support tickets (about 750 tokens) ran faster than pieces of 512, in bf16
+    and in fp32 alike (in fp32 1.2x, once glibc's allocator kept its own mmap threshold:
+    `ftkit.fast.speed_up_training`), so they split above 1024 (benchmarks/RESULTS.md). A
+    GPU runs a whole batch faster than its pieces one after another, so there "auto" keeps
+    it whole.
     """
     if config.micro_batch_tokens == "auto":
         if precision.device != "cpu":
             return 0
-        if not flat:
-            return CPU_MICRO_BATCH_TOKENS
-        return CPU_FLAT_FP32_BATCH_TOKENS if precision.name == "fp32" else CPU_FLAT_BATCH_TOKENS
+        return CPU_FLAT_BATCH_TOKENS if flat else CPU_MICRO_BATCH_TOKENS
     return int(config.micro_batch_tokens)
 
 

@@ -239,7 +239,7 @@ def train(
               "run again?): this run starts from fresh ones, as its settings say.")  # fmt: skip
         model = model.get_base_model() if hasattr(model, "get_base_model") else model
     model = add_adapters(model, config)  # (taking out adapters it holds already)
-    speed_ups = speed_up_training(model, config.lean_layers)  # same numbers: see ftkit.fast
+    speed_ups = speed_up_training(model, config.lean_layers, precision.dtype)  # see ftkit.fast
     if resume and checkpoint is None:
         print(f"[ftkit] {run_dir.name}: no complete checkpoint yet, starting from step 0.")
     runs.write_config(run_dir, config, train_items, val_items, key, weights_key)

@@ -166,7 +166,7 @@ def test_micro_batches_sort_rows_and_trim_padding(splits, model_and_tokenizer):
 @pytest.mark.parametrize(
     "device, dtype, flat, expected",
     [("cpu", "bf16", False, 512), ("cpu", "bf16", True, 1024), ("cpu", "fp32", False, 512),
-     ("cpu", "fp32", True, 512), ("cuda", "bf16", False, 0), ("cuda", "bf16", True, 0)],
+     ("cpu", "fp32", True, 1024), ("cuda", "bf16", False, 0), ("cuda", "bf16", True, 0)],
 )  # fmt: skip
 def test_micro_batch_budget_auto_splits_on_cpu_only(device, dtype, flat, expected):
     hardware = _cpu(bf16=dtype == "bf16") if device == "cpu" else _gpu((8, 0))

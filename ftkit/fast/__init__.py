@@ -109,13 +109,19 @@ class TrainingSpeedUps:
     callbacks: list = field(default_factory=list)  # TrainerCallbacks to pass to the Trainer
 
 
-def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> TrainingSpeedUps:
+def speed_up_training(
+    model: torch.nn.Module, lean_layers: bool = True, dtype: torch.dtype | None = None
+) -> TrainingSpeedUps:
     """Switch on every training speed-up that applies to `model`, a model with its adapters.
 
     What changes: LoRA dropout fused into `lora_A` (always); frozen norms, SwiGLU, short
     attention and 4-bit LoRA layers that keep less for the backward pass (`lean_layers`);
-    on a CPU with glibc, freed memory returned at once and the heap trimmed after every
-    backward pass (the returned `HeapRelease` callback). Same losses and gradients
+    on a CPU with glibc, when training computes in bf16 or fp16 (`dtype`, by default the
+    model's), freed memory returned at once and the heap trimmed after every backward pass
+    (the returned `HeapRelease` callback). Not in fp32: there every tensor is twice the
+    bytes, so many more cross the 1 MiB threshold and come as fresh pages from the OS, and
+    with it a step on the AVX2-only CPU ran 1.27x slower for 0.6 GiB less (benchmarks/RESULTS.md,
+    2026-12-07). Same losses and gradients
     (tests/test_lora_dropout.py, test_lean_layers.py, test_lean_4bit.py); measured on the
     course's 2-core CPUs in benchmarks/RESULTS.md (QLoRA 1.5-1.7x TRL's tokens/s at 0.4x
     its peak memory with all of them). The lean paths act only while a module trains with
@@ -132,7 +138,8 @@ def speed_up_training(model: torch.nn.Module, lean_layers: bool = True) -> Train
         if lean := use_lean_4bit(model):
             found.changed.append(f"{lean} lean 4-bit LoRA layers")
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu and return_freed_memory():
+    dtype = dtype or getattr(model, "dtype", None)
+    if on_cpu and dtype != torch.float32 and return_freed_memory():
         found.changed.append("glibc returns freed memory at once; heap trimmed every step")
         found.callbacks.append(HeapRelease())
     return found

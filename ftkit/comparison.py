@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftkit.baseline import CLASSICAL
+from ftkit.config import TrainConfig
 from ftkit.evaluation import (
     GIVE_UP_AFTER,
     Approach,
@@ -321,6 +322,34 @@ def curve_sizes(n: int) -> list[int]:
     return sorted({*(size for size in parts if size < n), n})
 
 
+def curve_recipe(config, run_name: str, runs_dir: str | Path | None = None,
+                 smoke: bool = False) -> TrainConfig:  # fmt: skip
+    """The learning curve's recipe: the fine-tune `config`'s base model, epochs, learning
+    rate and batch size (QLoRA), with no validation or checkpoint along the way, in
+    `runs_dir` (by default `config`'s); each point is the run `<run_name>-<examples>`
+    (`curve_run`). `smoke`: two steps a run.
+
+    Notebook 04 trains its curve with it, and `make main` trains the curve's runs ahead with
+    it on a lane it leaves idle (`ftkit.course.ahead`): the same recipe, so the notebook
+    reuses those runs (`ftkit.reuse`)."""
+    return TrainConfig(
+        model=config.model, method="qlora", num_epochs=config.num_epochs, lr=config.lr,
+        batch_size=config.batch_size, eval_steps=None, save_steps=10_000,
+        max_steps=2 if smoke else None, run_name=run_name,
+        runs_dir=str(config.runs_dir if runs_dir is None else runs_dir),
+    )  # fmt: skip
+
+
+def curve_run(config, train_examples: Sequence, size: int, task: Task | None = None,
+              seed: int = 0) -> tuple[TrainConfig, list]:  # fmt: skip
+    """The curve point of `size` examples: its run's config (`<run_name>-<size>`, replacing
+    an older run of that name that `ftkit.reuse` cannot reuse) and its training examples
+    (`subsample`, nested across sizes)."""
+    subset = subsample(train_examples, size, seed, task)
+    name = f"{config.run_name or 'curve'}-{len(subset)}"
+    return replace(config, run_name=name, overwrite=True), subset
+
+
 def subsample(examples: Sequence, n: int, seed: int = 0, task: Task | None = None) -> list:
     """n examples, stratified as `task` says, so small subsets still show every class.
 
@@ -362,9 +391,7 @@ def learning_curve(
         if size in known:  # scored again on exactly these test examples
             result, run_dir = restrict(known[size], test_examples, n_resamples, seed), None
         else:
-            subset = subsample(train_examples, size, seed, task)
-            name = f"{config.run_name or 'curve'}-{len(subset)}"
-            trained = train(replace(config, run_name=name, overwrite=True), subset, reuse=True)
+            trained = train(*curve_run(config, train_examples, size, task, seed), reuse=True)
             result = evaluate_approach(
                 trained.model, trained.tokenizer, test_examples, approach, task,
                 max_new_tokens=max_new_tokens, latency_sample=0, n_resamples=n_resamples,

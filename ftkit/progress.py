@@ -97,6 +97,19 @@ def stop_if_requested(what: str) -> None:
         raise KeyboardInterrupt(f"{what} not started: the notebook run was interrupted (Ctrl-C)")
 
 
+def note(text: str) -> str | None:
+    """Write one line, `[ftkit] NN · text`, for the runner's terminal (None when nobody is
+    listening: no `$FTKIT_PROGRESS_FILE`)."""
+    path = os.environ.get(FILE_ENV)
+    if not path:
+        return None
+    notebook = os.environ.get(NOTEBOOK_ENV)
+    line = (f"[ftkit] {notebook} · " if notebook else "[ftkit] ") + text
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return line
+
+
 def duration(seconds: float) -> str:
     """42 s, 2 min 51 s, 1 h 3 min."""
     seconds = round(seconds)

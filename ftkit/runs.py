@@ -17,12 +17,14 @@ merged into a 16-bit copy of the base, saved as safetensors).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,12 @@ from ftkit.catalog import get_model_info
 from ftkit.config import TrainConfig
 from ftkit.hardware import half_dtype
 from ftkit.models import load_model, quiet_loading, resolve_model
+from ftkit.progress import note, stop_if_requested
+
+try:
+    import fcntl  # POSIX: Linux, macOS
+except ImportError:  # Windows: no lock (one process per runs folder there)
+    fcntl = None
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
@@ -42,6 +50,7 @@ RESUMABLE_CHANGES = {
     "run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints", "report_to",
 }  # fmt: skip
 FINISHED = ("finished", "early stopping")  # statuses of a run that ended on its own
+LOCKS = ".locks"  # in a runs folder: one lock file per run name (`run_lock`)
 SMOKE_RUNS_ENV = "FTKIT_SMOKE_RUNS"  # the scratch folder a smoke series shares (see runs_folder)
 
 
@@ -76,6 +85,62 @@ def runs_folder(mode: str, group: str | None = None) -> str:
         return folder
     (Path(folder) / group).mkdir()
     return str(Path(folder) / group)
+
+
+@contextlib.contextmanager
+def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
+    """Hold the run `config.run_name` of `config.runs_dir` for this process inside the block,
+    so that two processes never train the same run folder side by side (`make main` trains
+    one of notebook 04's runs ahead while 04 runs, `ftkit.course.ahead`): the second waits
+    for the first to end, then finds its finished run and reuses it. Yields whether it had to
+    wait. A run without a name, a system without `fcntl` (Windows), and a distributed run
+    (`WORLD_SIZE` above 1: its processes train the one run together) are not locked.
+
+    The lock is the kernel's (`flock` on `runs_dir/.locks/<run_name>.lock`): it goes with
+    the process, so a crashed or killed run never leaves it held. While waiting, a stop of the
+    runner (Ctrl-C) is honoured every `poll` seconds.
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if config.run_name is None or fcntl is None or distributed:
+        yield False
+        return
+    folder = Path(config.runs_dir) / LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{config.run_name}.lock", "a") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    line = (f"Another process is training the run {config.run_name!r} in "
+                            f"{config.runs_dir}: waiting for it to end, to reuse it")  # fmt: skip
+                    print(f"[ftkit] {line} ...", flush=True)
+                    note(line)
+                    waited = True
+                stop_if_requested(f"training {config.run_name}")
+                time.sleep(poll)
+        try:
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_busy(config) -> bool:
+    """Whether another process holds the run `config.run_name` now (`run_lock`): it is
+    training it, or checking whether it can reuse it."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    lock = Path(config.runs_dir) / LOCKS / f"{config.run_name}.lock"
+    if config.run_name is None or fcntl is None or distributed or not lock.is_file():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _is_main_process() -> bool:

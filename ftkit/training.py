@@ -195,7 +195,19 @@ def train(
     precision, versions: `ftkit.reuse`) matches, and continues it from its last checkpoint
     if it was interrupted (`resumable_run`); without validation examples, any finished run
     under `config.runs_dir` that trained the same adapter is returned (`shared_run`).
+
+    One process at a time trains a given run name (`ftkit.runs.run_lock`): another one
+    training it now is waited for, and its finished run then reused.
     """
+    with runs.run_lock(config):
+        return _train(config, train_examples, validation_examples, resume=resume, reuse=reuse,
+                      callbacks=callbacks, monitor=monitor, model=model,
+                      tokenizer=tokenizer)  # fmt: skip
+
+
+def _train(config, train_examples, validation_examples, *, resume, reuse, callbacks, monitor,
+           model, tokenizer) -> TrainResult:  # fmt: skip
+    """`train` inside its run's lock."""
     started = time.perf_counter()
     stop_if_requested(f"training {config.run_name or config.method}")  # the runner's Ctrl-C
     config.check()
@@ -354,8 +366,10 @@ def load_or_train(config, train_examples, validation_examples=None, monitor=None
         status = saved.result.get("status")
         same = (saved.config.model, saved.config.method) == (config.model, config.method)
         if same and status in runs.FINISHED:
+            loss = saved.result.get("val_loss")
+            loss = f"validation loss {loss:.3f}" if isinstance(loss, float) else "no validation"
             print(f"[ftkit] reusing {path}: {status} after {saved.result.get('steps')} steps, "
-                  f"validation loss {saved.result.get('val_loss'):.3f}")  # fmt: skip
+                  f"{loss}")  # fmt: skip
             return runs.load_run(path)
         if not same:
             why = f"{saved.config.method} of {saved.config.model}"

@@ -8,6 +8,7 @@ headless runner (`ftkit.course.runner`) executes the package's own.
 
 from __future__ import annotations
 
+import ast
 import importlib.resources
 import json
 import shutil
@@ -64,6 +65,24 @@ def notebook_needs(path: str | Path) -> list[str]:
     them only once 03 is done (else each would train that run again itself, side by side)."""
     metadata = json.loads(Path(path).read_text(encoding="utf-8")).get("metadata", {})
     return [str(prefix) for prefix in metadata.get("ftkit", {}).get("after", [])]
+
+
+def notebook_parameters(path: str | Path) -> dict:
+    """The knobs a notebook's `parameters` cell sets (papermill's tag: `MODEL = "..."`),
+    parsed, never executed: each assignment of a plain constant, as it would run when the
+    runner injects nothing."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            return {
+                target.id: node.value.value
+                for node in ast.parse(source).body
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                for target in node.targets
+                if isinstance(target, ast.Name)
+            }
+    return {}
 
 
 def cell_sections(notebook) -> list[str]:

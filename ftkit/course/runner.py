@@ -18,7 +18,9 @@ the cores (`series_lanes`). On the course's 2-core machines one thread per kerne
 side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A
 notebook that reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`);
 one left running alone takes every core (`KernelThreads`: between two steps of ftkit's
-training and generation loops, else from its next cell).
+training and generation loops, else from its next cell). In full mode, once every notebook
+has started, a lane with nothing left to run trains notebook 04's learning-curve runs
+ahead in a process of its own (`ftkit.course.ahead`), for 04 to read back.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ftkit import progress
 from ftkit.catalog import EMBEDDED_MODEL
+from ftkit.course.ahead import AheadJob, curve_job, run_job
 from ftkit.course.notebooks import (
     NotebookRun,
     SectionRun,
     cell_sections,
     lanes_note,
     notebook_needs,
+    notebook_parameters,
     notebooks_dir,
     series_notebooks,
     wall_clock,
@@ -449,6 +453,15 @@ def run_series(
                             threads=threads if lanes > 1 else None,
                             stop_file=stop_file)  # fmt: skip
 
+    curve = next((n for n in notebooks if n.name.startswith("04")), None)
+    ahead = []  # in smoke mode the curve's runs take seconds: nothing to win ahead
+    if mode == "full" and lanes > 1 and curve is not None:
+        known = notebook_parameters(curve) | (parameters or {})
+        ahead.append(curve_job(known, out_dir / "runs", out_dir))
+
+    def run_ahead(job: AheadJob, threads: Callable[[], int]) -> None:
+        train_ahead(job, threads, out_dir, log, stop_file)
+
     def stop() -> None:  # the first Ctrl-C
         out_dir.mkdir(parents=True, exist_ok=True)
         stop_file.touch()
@@ -463,16 +476,42 @@ def run_series(
                 smoke_runs = stack.enter_context(_Scratch("ftkit-"))
             stack.enter_context(_environment(SMOKE_RUNS_ENV, str(smoke_runs)))
         try:  # one lane too: the notebooks run in a thread, this one waits and takes the Ctrl-C
-            runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop)
+            runs = run_in_lanes(notebooks, lanes, run_one, log, cores, on_interrupt=stop,
+                                ahead=ahead, run_ahead=run_ahead)  # fmt: skip
         except SeriesInterrupted as stopped:
             if not scratch:
                 raise
             removed = "(In smoke mode the runs were in a temporary folder, now removed: the next "
             raise SeriesInterrupted(f"{stopped}\n{removed}run trains them again.)") from None
     report = write_report(runs, out_dir)
-    log(summary_table(runs))
+    log(summary_table(runs, ahead))
     log(f"[ftkit] report: {report}")
     return runs
+
+
+def train_ahead(job: AheadJob, threads: Callable[[], int], out_dir: Path,
+                log: Callable[[str], None], stop_file: Path) -> None:  # fmt: skip
+    """Run an `AheadJob` on `threads()` CPU threads (followed as they change, as a kernel's
+    are), its progress lines in `log` as `[ftkit] 04 ahead · ...`; says how it ended. A
+    job that fails costs nothing but its time: the notebook trains those runs itself."""
+    label = f"{job.target} ahead"
+    with _Scratch("ftkit-ahead-") as folder:
+        share = KernelThreads(threads, Path(folder) / "threads", label, log)
+        first = share.history[0]
+        log(f"[ftkit] {label}: training the {job.name}'s runs of notebook {job.target} on the "
+            f"free lane, on {first} CPU thread{'s' if first != 1 else ''} ...")  # fmt: skip
+        with _kernel_progress(label, log, share.poll) as progress_env:
+            env = os.environ | progress_env | share.env() | {progress.STOP_ENV: str(stop_file)}
+            code = run_job(job, env, cwd=out_dir)
+    took = f"{job.ended - job.started:.0f} s"
+    if code == 0:
+        log(f"[ftkit] {label}: done in {took} (its output: {job.log_file})")
+    elif stop_file.exists():
+        log(f"[ftkit] {label}: stopped after {took}; a run it left unfinished continues from "
+            "its checkpoint next time")  # fmt: skip
+    else:
+        log(f"[ftkit] {label}: failed after {took} (exit status {code}); notebook "
+            f"{job.target} trains what it needs itself. Its output: {job.log_file}")  # fmt: skip
 
 
 def series_lanes(hardware: HardwareInfo | None = None, model: str | None = None) -> int:
@@ -493,6 +532,8 @@ def run_in_lanes(
     log: Callable[[str], None] = _say,
     cores: int | None = None,
     on_interrupt: Callable[[], None] | None = None,
+    ahead: Sequence[AheadJob] = (),
+    run_ahead: Callable[[AheadJob, Callable[[], int]], None] | None = None,
 ) -> list[NotebookRun]:
     """Run `run_one(notebook, threads)` on every notebook, `lanes` at a time, each in a
     thread of its own; `threads()` says how many of the `cores` (all this machine's by
@@ -509,6 +550,11 @@ def run_in_lanes(
     others wait for go first, the rest in series order. After a failure no other notebook
     starts: those running end, then the first failure is raised. Returns the runs in the
     order of `notebooks`.
+
+    Once every notebook has started, a lane with nothing to run takes an `ahead` job
+    (`run_ahead(job, threads)`, counted as a running notebook in the CPU shares) whose
+    `after` notebooks of `notebooks` ended and whose `target` is still to end; a job that
+    raises is reported and fails nothing.
     """
     cores = cores or os.cpu_count() or 1
     by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
@@ -538,18 +584,46 @@ def run_in_lanes(
         except BaseException as error:  # reported to the scheduling thread, raised there
             finished.put((notebook, error))
 
+    def work_ahead(job: AheadJob) -> None:
+        try:
+            run_ahead(job, share)
+            finished.put((job, None))
+        except BaseException as error:  # reported, never raised: the notebook does the work
+            finished.put((job, error))
+
+    waiting_jobs = list(ahead) if run_ahead is not None else []
+
+    def jobs_to_start() -> list[AheadJob]:  # under `counting`, once every notebook started
+        ready = []
+        for job in list(waiting_jobs):
+            target = by_prefix.get(job.target)
+            if target is None or target in done or target in ended_early:
+                waiting_jobs.remove(job)  # nothing left to do ahead of
+            elif all(by_prefix[p] in done for p in job.after if p in by_prefix):
+                ready.append(job)
+        ready = ready[: max(0, lanes - running)]
+        for job in ready:
+            waiting_jobs.remove(job)
+        return ready
+
     one_ended = interrupted = False
     ended_early: dict[Path, BaseException] = {}
     while True:
         with counting:  # one change: a notebook's end and the starts it allows
             running -= one_ended
-            starting = []
+            starting, jobs = [], []
             if failure is None and not interrupted:
                 ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
                 awaited = set().union(*(waits[notebook] for notebook in pending))
                 ready.sort(key=lambda notebook: notebook not in awaited)  # stable: series order
                 starting = ready[: lanes - running]
                 running += len(starting)
+                if all(notebook in starting for notebook in pending):  # all started
+                    jobs = jobs_to_start()
+                    running += len(jobs)
+        for job in jobs:
+            threading.Thread(target=work_ahead, args=(job,), daemon=True,
+                             name=f"ftkit-{job.target}-ahead").start()  # fmt: skip
         for notebook in starting:
             pending.remove(notebook)
             threading.Thread(target=work, args=(notebook,), daemon=True,
@@ -565,6 +639,12 @@ def run_in_lanes(
             on_interrupt()
             continue
         one_ended = True
+        if isinstance(notebook, AheadJob):
+            if outcome is not None:
+                what = f"{type(outcome).__name__}: {outcome}"
+                log(f"[ftkit] {notebook.target} ahead: could not run ({what}); notebook "
+                    f"{notebook.target} trains what it needs itself")  # fmt: skip
+            continue
         if isinstance(outcome, BaseException):
             failure = failure or outcome
             ended_early[notebook] = outcome
@@ -624,14 +704,18 @@ def prepare_dataset(
     return str(folder.resolve())
 
 
-def summary_table(runs: Sequence[NotebookRun]) -> str:
-    """A plain-text table of notebook, mode, cells and time, for the end of the main job."""
+def summary_table(runs: Sequence[NotebookRun], ahead: Sequence[AheadJob] = ()) -> str:
+    """A plain-text table of notebook, mode, cells and time, for the end of the main job;
+    the jobs that trained ahead (`ftkit.course.ahead`) that ran, on a line each."""
     rows = [f"{'notebook':<40} {'mode':<6} {'cells':>5} {'seconds':>8}"]
     rows += [f"{r.notebook:<40} {r.mode:<6} {r.cells:>5} {r.seconds:>8.0f}" for r in runs]
-    rows.append(
-        f"{'total':<40} {'':<6} {sum(r.cells for r in runs):>5} "
-        f"{sum(r.seconds for r in runs):>8.0f}"
-    )
+    jobs = [job for job in ahead if job.ended]
+    for job in jobs:
+        what = f"{job.target} ahead: the {job.name}'s runs"
+        ended = "" if job.returncode == 0 else f" (exit {job.returncode})"
+        rows.append(f"{what:<40} {ended:<12} {job.ended - job.started:>8.0f}")
+    seconds = sum(r.seconds for r in runs) + sum(job.ended - job.started for job in jobs)
+    rows.append(f"{'total':<40} {'':<6} {sum(r.cells for r in runs):>5} {seconds:>8.0f}")
     if wall := wall_clock(runs):
         rows.append(f"{'wall clock':<53} {wall:>8.0f}")
         rows.append(f"  ({lanes_note(runs)})")

@@ -85,7 +85,7 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     run = load_or_train(recipe, data.train)
     said = []
     ahead = train_curve_ahead(str(folder), runs_dir, say=said.append)
-    assert [path.name for path in ahead] == [f"{data.name}-curve-6", f"{data.name}-curve-12"]
+    assert [path.name for path in ahead] == [f"{data.name}-curve-12", f"{data.name}-curve-6"]
     assert all("trained in" in line for line in said), said
     written = {path: (path / "result.json").stat().st_mtime_ns for path in ahead}
     capsys.readouterr()
@@ -93,13 +93,18 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     curve = curve_recipe(run.config, f"{data.name}-curve", str(runs_dir))
     points = learning_curve([6, 12], curve, data.train, data.test[:1], data.task,
                             max_new_tokens=4, n_resamples=20, progress=None)  # fmt: skip
-    assert [point.run_dir for point in points] == [str(path) for path in ahead]
+    assert [point.run_dir for point in points] == [str(path) for path in reversed(ahead)]
     assert {path: (path / "result.json").stat().st_mtime_ns for path in ahead} == written
     assert capsys.readouterr().out.count("[ftkit] Reusing the finished run at") == 2
     # a second job finds them done: reused, not trained
     said.clear()
     assert train_curve_ahead(str(folder), runs_dir, say=said.append) == ahead
     assert all("reused" in line for line in said), said
+    # once notebook 04 holds one of its runs it is at its curve: nothing more starts here
+    said.clear()
+    with run_lock(curve_recipe(run.config, f"{data.name}-curve-6", str(runs_dir))):
+        assert train_curve_ahead(str(folder), runs_dir, say=said.append) == []
+    assert said == ["notebook 04 is at its learning curve already: nothing to train ahead"]
 
 
 def test_without_notebook_03s_run_there_is_nothing_to_train_ahead(tmp_path):

@@ -64,8 +64,9 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     """Train the runs of notebook 04's learning curve on `dataset` (a shipped name or a
     folder of checked splits) into `runs_dir`, with the recipe of notebook 03's finished run
     `<dataset>-qlora` there; returns their folders. Every point but the whole training
-    split (that is 03's run itself); a run that another process trains now is skipped, one
-    already trained is reused (`train(reuse=True)`)."""
+    split (that is 03's run itself), the largest first; a run already trained is reused
+    (`train(reuse=True)`). Once notebook 04 holds one of them (`ftkit.runs.run_busy`), it is
+    at its curve and trains what is left itself: nothing more is started here."""
     data = load_task_data(dataset)
     source = Path(runs_dir) / f"{data.name}-qlora"
     finished = source / "result.json"
@@ -73,11 +74,14 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
         say(f"no finished run at {source} (notebook 03's fine-tune): nothing to train ahead")
         return []
     recipe = curve_recipe(runs.read_run(source).config, f"{data.name}-curve", runs_dir)
+    # the largest first (the longest to train); the whole split is notebook 03's run
+    sizes = sorted((s for s in curve_sizes(len(data.train)) if s < len(data.train)), reverse=True)
+    points = [curve_run(recipe, data.train, size, data.task, seed) for size in sizes]
+    if any(runs.run_busy(config) for config, _ in points):
+        say("notebook 04 is at its learning curve already: nothing to train ahead")
+        return []
     trained = []
-    for size in curve_sizes(len(data.train)):
-        if size >= len(data.train):
-            continue  # the whole split: notebook 03's run
-        config, subset = curve_run(recipe, data.train, size, data.task, seed)
+    for config, subset in points:
         if runs.run_busy(config):
             say(f"{config.run_name}: notebook 04 is training it, left to it")
             continue

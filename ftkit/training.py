@@ -199,15 +199,6 @@ def train(
     One process at a time trains a given run name (`ftkit.runs.run_lock`): another one
     training it now is waited for, and its finished run then reused.
     """
-    with runs.run_lock(config):
-        return _train(config, train_examples, validation_examples, resume=resume, reuse=reuse,
-                      callbacks=callbacks, monitor=monitor, model=model,
-                      tokenizer=tokenizer)  # fmt: skip
-
-
-def _train(config, train_examples, validation_examples, *, resume, reuse, callbacks, monitor,
-           model, tokenizer) -> TrainResult:  # fmt: skip
-    """`train` inside its run's lock."""
     started = time.perf_counter()
     stop_if_requested(f"training {config.run_name or config.method}")  # the runner's Ctrl-C
     config.check()
@@ -228,6 +219,16 @@ def _train(config, train_examples, validation_examples, *, resume, reuse, callba
     if validation_examples is not None:
         val_items = tokenize_for_training(validation_examples, tokenizer, config.max_length,
                                           split="validation")  # fmt: skip
+    with runs.run_lock(config):  # only now: a call with bad data writes nothing
+        return _train_run(config, precision, tokenizer, train_items, val_items, started,
+                          resume=resume, reuse=reuse, callbacks=callbacks, monitor=monitor,
+                          model=model)  # fmt: skip
+
+
+def _train_run(config, precision, tokenizer, train_items, val_items, started, *, resume, reuse,
+               callbacks, monitor, model) -> TrainResult:  # fmt: skip
+    """`train` once the data is checked and tokenized, inside its run's lock: reuse,
+    continue, or train."""
     key, weights_key = fingerprints(config, precision, train_items, val_items)
     found = None
     if reuse and val_items is None:  # nothing to record: any run that trained this adapter

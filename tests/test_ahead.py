@@ -73,10 +73,10 @@ def test_a_stop_of_the_runner_ends_the_wait(tmp_path, monkeypatch):
 
 
 def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, capsys):
-    """A small dataset of one's own, as `make main DATA=...` saves it: its 24 training
-    examples make a curve of 6, 12 and 24 (the last is notebook 03's run itself)."""
+    """A small dataset of one's own, as `make main DATA=...` saves it: its 16 training
+    examples make a curve of 4, 8 and 16 (the last is notebook 03's run itself)."""
     shipped = load_task_data("support_tickets")
-    folder = replace(shipped, train=shipped.train[:24]).save(tmp_path / "data" / "mine")
+    folder = replace(shipped, train=shipped.train[:16]).save(tmp_path / "data" / "mine")
     data = load_task_data(str(folder))
     runs_dir = tmp_path / "runs"
     # notebook 03's fine-tune, as notebook 04 asks for it (trained here: none exists yet)
@@ -85,13 +85,13 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     run = load_or_train(recipe, data.train)
     said = []
     ahead = train_curve_ahead(str(folder), runs_dir, say=said.append)
-    assert [path.name for path in ahead] == [f"{data.name}-curve-12", f"{data.name}-curve-6"]
-    assert all("trained in" in line for line in said), said
+    assert [path.name for path in ahead] == [f"{data.name}-curve-8", f"{data.name}-curve-4"]
+    assert all(": trained in" in line for line in said), said
     written = {path: (path / "result.json").stat().st_mtime_ns for path in ahead}
     capsys.readouterr()
     # notebook 04's section 9, as it calls it: nothing trained again
     curve = curve_recipe(run.config, f"{data.name}-curve", str(runs_dir))
-    points = learning_curve([6, 12], curve, data.train, data.test[:1], data.task,
+    points = learning_curve([4, 8], curve, data.train, data.test[:1], data.task,
                             max_new_tokens=4, n_resamples=20, progress=None)  # fmt: skip
     assert [point.run_dir for point in points] == [str(path) for path in reversed(ahead)]
     assert {path: (path / "result.json").stat().st_mtime_ns for path in ahead} == written
@@ -99,10 +99,10 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     # a second job finds them done: reused, not trained
     said.clear()
     assert train_curve_ahead(str(folder), runs_dir, say=said.append) == ahead
-    assert all("reused" in line for line in said), said
+    assert all("read back in" in line for line in said), said
     # once notebook 04 holds one of its runs it is at its curve: nothing more starts here
     said.clear()
-    with run_lock(curve_recipe(run.config, f"{data.name}-curve-6", str(runs_dir))):
+    with run_lock(curve_recipe(run.config, f"{data.name}-curve-4", str(runs_dir))):
         assert train_curve_ahead(str(folder), runs_dir, say=said.append) == []
     assert said == ["notebook 04 is at its learning curve already: nothing to train ahead"]
 

@@ -88,8 +88,8 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
         progress.stop_if_requested(f"training {config.run_name}")
         started = time.perf_counter()
         result = train(config, subset, reuse=True)
-        how = "reused" if result.reused else f"trained in {progress.duration(result.seconds)}"
-        say(f"{config.run_name}: {how} ({time.perf_counter() - started:.0f} s)")
+        took = progress.duration(time.perf_counter() - started)
+        say(f"{config.run_name}: {'read back' if result.reused else 'trained'} in {took}")
         trained.append(Path(result.run_dir))
         del result
     return trained

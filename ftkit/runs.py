@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 from peft import PeftModel
@@ -100,13 +101,12 @@ def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
     the process, so a crashed or killed run never leaves it held. While waiting, a stop of the
     runner (Ctrl-C) is honoured every `poll` seconds.
     """
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if config.run_name is None or fcntl is None or distributed:
+    lock = _lock_file(config)
+    if lock is None:
         yield False
         return
-    folder = Path(config.runs_dir) / LOCKS
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{config.run_name}.lock", "a") as handle:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
         waited = False
         while True:
             try:
@@ -130,9 +130,8 @@ def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
 def run_busy(config) -> bool:
     """Whether another process holds the run `config.run_name` now (`run_lock`): it is
     training it, or checking whether it can reuse it."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    lock = Path(config.runs_dir) / LOCKS / f"{config.run_name}.lock"
-    if config.run_name is None or fcntl is None or distributed or not lock.is_file():
+    lock = _lock_file(config)
+    if lock is None or not lock.is_file():
         return False
     with open(lock, "a") as handle:
         try:
@@ -141,6 +140,15 @@ def run_busy(config) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
+
+
+def _lock_file(config) -> Path | None:
+    """The file `run_lock` locks for `config`'s run (its name quoted: "a/b" is one file), or
+    None where runs are not locked."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if config.run_name is None or fcntl is None or distributed:
+        return None
+    return Path(config.runs_dir) / LOCKS / f"{quote(str(config.run_name), safe='')}.lock"
 
 
 def _is_main_process() -> bool:

@@ -44,6 +44,9 @@ def test_two_holders_of_one_run_take_turns(tmp_path, capsys):
     assert order == [("first", False), ("second", True)]
     assert not run_busy(config)
     assert "Another process is training the run 'curve-200'" in capsys.readouterr().out
+    nested = TrainConfig(runs_dir=str(tmp_path), run_name="experiments/a")  # one file
+    with run_lock(nested) as waited:
+        assert not waited and run_busy(nested) and not run_busy(config)
     assert TrainConfig(runs_dir=str(tmp_path)).run_name is None  # unnamed: never locked
     with run_lock(TrainConfig(runs_dir=str(tmp_path))) as waited:
         assert not waited

@@ -97,14 +97,19 @@ def stop_if_requested(what: str) -> None:
         raise KeyboardInterrupt(f"{what} not started: the notebook run was interrupted (Ctrl-C)")
 
 
+def _prefix() -> str:
+    """`[ftkit] NN · `, the notebook's number from the runner, or `[ftkit] ` without one."""
+    notebook = os.environ.get(NOTEBOOK_ENV)
+    return f"[ftkit] {notebook} · " if notebook else "[ftkit] "
+
+
 def note(text: str) -> str | None:
     """Write one line, `[ftkit] NN · text`, for the runner's terminal (None when nobody is
     listening: no `$FTKIT_PROGRESS_FILE`)."""
     path = os.environ.get(FILE_ENV)
     if not path:
         return None
-    notebook = os.environ.get(NOTEBOOK_ENV)
-    line = (f"[ftkit] {notebook} · " if notebook else "[ftkit] ") + text
+    line = _prefix() + text
     with Path(path).open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
     return line
@@ -167,12 +172,10 @@ class TerminalProgress:
     ) -> str:
         """`[ftkit] NN · what: done/total unit (pct%), detail, time left or taken`."""
         now = time.perf_counter() if now is None else now
-        notebook = os.environ.get(NOTEBOOK_ENV)
-        prefix = f"[ftkit] {notebook} · " if notebook else "[ftkit] "
         count = f"{done}/{self.total}" + (f" {self.unit}" if self.unit else "")
         if self.total:
             count += f" ({100 * done // self.total}%)"
-        parts = [f"{prefix}{self.what}: {count}"] + ([detail] if detail else [])
+        parts = [f"{_prefix()}{self.what}: {count}"] + ([detail] if detail else [])
         elapsed, counted = now - self.started, done - self.start
         if finished:
             parts.append(f"done in {duration(elapsed)}")

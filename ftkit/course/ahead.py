@@ -16,7 +16,6 @@ for there (`ftkit.runs.run_lock`): never trained twice side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -69,11 +68,11 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     at its curve and trains what is left itself: nothing more is started here."""
     data = load_task_data(dataset)
     source = Path(runs_dir) / f"{data.name}-qlora"
-    finished = source / "result.json"
-    if not finished.is_file() or json.loads(finished.read_text())["status"] not in runs.FINISHED:
+    saved = runs.read_run(source) if (source / "config.json").is_file() else None
+    if saved is None or saved.result.get("status") not in runs.FINISHED:
         say(f"no finished run at {source} (notebook 03's fine-tune): nothing to train ahead")
         return []
-    recipe = curve_recipe(runs.read_run(source).config, f"{data.name}-curve", runs_dir)
+    recipe = curve_recipe(saved.config, f"{data.name}-curve", runs_dir)
     # the largest first (the longest to train); the whole split is notebook 03's run
     sizes = sorted((s for s in curve_sizes(len(data.train)) if s < len(data.train)), reverse=True)
     points = [curve_run(recipe, data.train, size, data.task, seed) for size in sizes]

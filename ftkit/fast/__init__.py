@@ -120,8 +120,8 @@ def speed_up_training(
     model's), freed memory returned at once and the heap trimmed after every backward pass
     (the returned `HeapRelease` callback). Not in fp32: there every tensor is twice the
     bytes, so many more cross the 1 MiB threshold and come as fresh pages from the OS, and
-    with it a step on the AVX2-only CPU ran 1.27x slower for 0.6 GiB less (benchmarks/RESULTS.md,
-    2026-12-07). Same losses and gradients
+    with it a step on the AVX2-only CPU ran 1.27x slower for 0.6 GiB less
+    (benchmarks/RESULTS.md, 2026-12-07). Same losses and gradients
     (tests/test_lora_dropout.py, test_lean_layers.py, test_lean_4bit.py); measured on the
     course's 2-core CPUs in benchmarks/RESULTS.md (QLoRA 1.5-1.7x TRL's tokens/s at 0.4x
     its peak memory with all of them). The lean paths act only while a module trains with

@@ -1,7 +1,7 @@
 """Training ahead (`ftkit.course.ahead`): notebook 04's learning-curve runs trained by another
 process on a lane the series would leave idle, then read back by the notebook's own call;
 the run lock that keeps two processes from training one run folder side by side; and the
-runner starting such a job only when every notebook has started."""
+runner starting such a job beside its notebook, before a notebook no other waits for."""
 
 from __future__ import annotations
 
@@ -122,9 +122,8 @@ SHOW_THREADS = "import os, time; time.sleep(1); print('threads', os.environ['OMP
 
 @pytest.mark.parametrize("exit_status", [0, 3])
 def test_a_lane_with_nothing_left_to_run_takes_the_job(tmp_path, exit_status):
-    """03 then 04 is the chain; 01 ends early. The job waits for 03 (it reads its run) and
-    for every notebook to have started, then runs beside 04 on half the cores. A job that
-    fails is said, and fails nothing."""
+    """03 then 04 is the chain; 01 ends early. The job waits for 03 (it reads its run), then
+    runs beside 04 on half the cores. A job that fails is said, and fails nothing."""
     paths = [
         _notebook(tmp_path, "01_a.ipynb", "print('ran')"),
         _notebook(tmp_path, "03_c.ipynb", "import time\ntime.sleep(3)"),
@@ -151,6 +150,33 @@ def test_a_lane_with_nothing_left_to_run_takes_the_job(tmp_path, exit_status):
     ended = "done in" if exit_status == 0 else "failed after"
     assert any(line.startswith(f"[ftkit] 04 ahead: {ended}") for line in lines), lines
     assert "04 ahead: the learning curve's runs" in summary_table([a, c, d], [job])
+
+
+def test_the_job_goes_before_a_notebook_no_other_waits_for(tmp_path):
+    """As in the series: when 03 ends, 04 (the job's target) and 06 (which reads 03, and
+    which nothing waits for) are both ready, with two lanes free. 04 and the job take them;
+    06 starts once one of them has ended."""
+    paths = [
+        _notebook(tmp_path, "03_c.ipynb", "import time\ntime.sleep(2)"),
+        _notebook(tmp_path, "04_d.ipynb", "import time\ntime.sleep(6)", after=("03",)),
+        _notebook(tmp_path, "05_e.ipynb", "print('ran')"),
+        _notebook(tmp_path, "06_f.ipynb", "print('ran')", after=("03",)),
+    ]
+    job = AheadJob("curve", "04", ("03", "05"), [sys.executable, "-c", SHOW_THREADS],
+                   tmp_path / "out" / "04-ahead.log")  # fmt: skip
+
+    def run_one(path, threads):
+        return run_notebook(path, tmp_path / "out" / path.name, log=lambda _: None,
+                            threads=threads)  # fmt: skip
+
+    def run_ahead(job, threads):
+        train_ahead(job, threads, tmp_path / "out", lambda _: None, tmp_path / "stop")
+
+    c, d, e, f = run_in_lanes(paths, 2, run_one, cores=2, ahead=[job],
+                              run_ahead=run_ahead)  # fmt: skip
+    assert e.ended <= c.ended <= d.started and c.ended <= job.started <= d.started + 1
+    assert job.ended <= f.started  # 06 waited for the job's lane
+    assert job.log_file.read_text().strip() == "threads 1"
 
 
 @pytest.mark.parametrize("series", ["without 04", "04 ends before a lane is free"])

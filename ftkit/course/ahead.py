@@ -4,7 +4,8 @@
 reads notebook 03's fine-tune, so 03 then 04 is a chain that runs on, alone, for minutes
 after the other lane has run out of notebooks. Near the end of that chain notebook 04
 trains the runs of its learning curve (section 9), which need nothing of 03 but its recipe.
-`train_curve_ahead` trains them in a process of its own on the idle lane, with the same
+`train_curve_ahead` trains them in a process of its own on the other lane, once 05 has
+ended (before 06, which nothing waits for; `run_in_lanes`), with the same
 recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`), so that
 04 reads them back (`ftkit.reuse`) instead of training them. A run that 04 starts first is
 left to it (`ftkit.runs.run_busy`), and one that 04 reaches while this trains it is waited
@@ -32,8 +33,8 @@ from ftkit.training import train
 
 @dataclass
 class AheadJob:
-    """Training that notebook `target` would do, which may run once the notebooks `after`
-    (those of the series being run) have ended, on a lane with nothing else to start."""
+    """Training that notebook `target` would do, which may run on a free lane while `target`
+    runs, once the notebooks `after` (those of the series being run) have ended."""
 
     name: str  # what it trains, for the progress lines: "04 ahead · learning curve"
     target: str  # the notebook (two-digit prefix) whose work it does
@@ -82,8 +83,8 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     trained = []
     for config, subset in points:
         if runs.run_busy(config):
-            say(f"{config.run_name}: notebook 04 is training it, left to it")
-            continue
+            say(f"{config.run_name}: notebook 04 is training it; it trains what is left itself")
+            break
         progress.stop_if_requested(f"training {config.run_name}")
         started = time.perf_counter()
         result = train(config, subset, reuse=True)

@@ -18,9 +18,10 @@ the cores (`series_lanes`). On the course's 2-core machines one thread per kerne
 side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A
 notebook that reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`);
 one left running alone takes every core (`KernelThreads`: between two steps of ftkit's
-training and generation loops, else from its next cell). In full mode, once every notebook
-has started, a lane with nothing left to run trains notebook 04's learning-curve runs
-ahead in a process of its own (`ftkit.course.ahead`), for 04 to read back.
+training and generation loops, else from its next cell). In full mode, the lane free once
+03 and 05 have ended trains notebook 04's learning-curve runs ahead, beside 04 and before
+06 (which nothing waits for), in a process of its own (`ftkit.course.ahead`), for 04 to
+read back.
 """
 
 from __future__ import annotations
@@ -551,10 +552,11 @@ def run_in_lanes(
     starts: those running end, then the first failure is raised. Returns the runs in the
     order of `notebooks`.
 
-    Once every notebook has started, a lane with nothing to run takes an `ahead` job
-    (`run_ahead(job, threads)`, counted as a running notebook in the CPU shares) whose
-    `after` notebooks of `notebooks` ended and whose `target` is still to end; a job that
-    raises is reported and fails nothing.
+    An `ahead` job (`run_ahead(job, threads)`, counted as a running notebook in the CPU
+    shares) takes a free lane once its `after` notebooks of `notebooks` ended and while its
+    `target` runs: before the notebooks no other waits for (the job shortens its target's
+    run, which others may wait for; such a notebook has only to end before the series
+    does), after those others wait for. A job that raises is reported and fails nothing.
     """
     cores = cores or os.cpu_count() or 1
     by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
@@ -593,15 +595,17 @@ def run_in_lanes(
 
     waiting_jobs = list(ahead) if run_ahead is not None else []
 
-    def jobs_to_start() -> list[AheadJob]:  # under `counting`, once every notebook started
+    def jobs_to_start(free: int, starting: list[Path]) -> list[AheadJob]:  # under `counting`
         ready = []
         for job in list(waiting_jobs):
             target = by_prefix.get(job.target)
             if target is None or target in done or target in ended_early:
                 waiting_jobs.remove(job)  # nothing left to do ahead of
-            elif all(by_prefix[p] in done for p in job.after if p in by_prefix):
+            elif (target not in pending or target in starting) and all(
+                by_prefix[p] in done for p in job.after if p in by_prefix
+            ):  # its target running, what it reads there
                 ready.append(job)
-        ready = ready[: max(0, lanes - running)]
+        ready = ready[: max(0, free)]
         for job in ready:
             waiting_jobs.remove(job)
         return ready
@@ -615,12 +619,13 @@ def run_in_lanes(
             if failure is None and not interrupted:
                 ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
                 awaited = set().union(*(waits[notebook] for notebook in pending))
-                ready.sort(key=lambda notebook: notebook not in awaited)  # stable: series order
-                starting = ready[: lanes - running]
-                running += len(starting)
-                if all(notebook in starting for notebook in pending):  # all started
-                    jobs = jobs_to_start()
-                    running += len(jobs)
+                awaited |= {by_prefix.get(job.target) for job in waiting_jobs}  # run beside
+                first = [notebook for notebook in ready if notebook in awaited]  # series order
+                starting = first[: lanes - running]
+                jobs = jobs_to_start(lanes - running - len(starting), starting)
+                rest = [notebook for notebook in ready if notebook not in awaited]
+                starting += rest[: lanes - running - len(starting) - len(jobs)]
+                running += len(starting) + len(jobs)
         for job in jobs:
             threading.Thread(target=work_ahead, args=(job,), daemon=True,
                              name=f"ftkit-{job.target}-ahead").start()  # fmt: skip

@@ -6,6 +6,7 @@ side, in one invocation.
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --rounds 3 --limit 256  # seeds 0-2
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --micro-batch-tokens 0  # no split
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --group-by-length  # sorted batches
+    .venv/bin/python benchmarks/train_vs_trl.py --methods lora --lora-dropout 0  # same draws
 
 The third contestant, "plain", is the loop a careful practitioner writes without a trainer
 library (`_run_plain`): stock peft on stock bitsandbytes layers, length-sorted batches in a
@@ -35,6 +36,12 @@ between methods within a round) so a machine that slows down over time hurts non
 TRL's and the plain loop's workers get oneDNN's own kernel cache
 (ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024), as they run without ftkit; importing ftkit keeps 64
 kernels (ftkit.hardware), a saving of ftkit's.
+
+Each record also says what its seed drew: the adapters' initial values (the sum of every
+lora_A value) and the order of the examples (real tokens per batch). ftkit and TRL draw both
+alike from the same seed (the adapters after `torch.manual_seed(seed)`, the order as
+`torch.randperm` under seed + epoch), so their runs differ by LoRA dropout's draws (each
+its own way) and by arithmetic; `--lora-dropout 0` leaves the arithmetic alone.
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
@@ -106,14 +113,23 @@ class _Meter:
     def __init__(self) -> None:
         self.started = self.ended = 0.0
         self.padded = self.real = 0  # tokens in the batches, with and without padding
+        self.batches: list[int] = []  # real tokens of each batch, in order: the data's order
+        self.adapters_at_start = None  # a fingerprint of the adapters' initial values
 
     def add(self, tensors: dict) -> dict:
         """Count one collated batch (and pass it on)."""
         self.padded += int(tensors["input_ids"].numel())
-        self.real += int(tensors["attention_mask"].sum())
+        self.count_real(tensors)
         return tensors
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def count_real(self, tensors: dict) -> None:
+        real = int(tensors["attention_mask"].sum())
+        self.real += real
+        self.batches.append(real)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.adapters_at_start = adapter_fingerprint(model)
         self.started = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -125,6 +141,14 @@ class _Meter:
         raise AttributeError(name)
 
 
+def adapter_fingerprint(model) -> float:
+    """The sum of every lora_A value, in float64: equal for two trainers whose adapters start
+    from the same draws (lora_B starts at zero in both)."""
+    return sum(
+        float(p.detach().double().sum()) for name, p in model.named_parameters() if "lora_A" in name
+    )
+
+
 def _data(limit: int | None):
     from ftkit.splits import load_dataset_splits
 
@@ -132,11 +156,12 @@ def _data(limit: int | None):
     return list(splits["train"])[:limit], list(splits["validation"])
 
 
-def _config(method: str, seed: int, grouping: bool = False, micro: int | str = "auto"):
+def _config(method: str, seed: int, grouping: bool = False, micro: int | str = "auto",
+            dropout: float = LORA["dropout"]):  # fmt: skip
     from ftkit.config import TrainConfig
 
     return TrainConfig(
-        method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=dropout,
         num_epochs=EPOCHS, lr=LR, batch_size=BATCH, logging_steps=LOG_EVERY, eval_steps=None,
         save_steps=10**6, seed=seed, run_name=f"bench-{method}", overwrite=True,
         group_by_length=grouping, micro_batch_tokens=micro,
@@ -154,7 +179,7 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
 
     def count_real(self, batch):  # real tokens in the batches ftkit's collator builds
         tensors = collate(self, batch)
-        meter.real += int(tensors["attention_mask"].sum())
+        meter.count_real(tensors)
         return tensors
 
     def count_padded(inputs, max_tokens, padded=True):  # tokens the model computes
@@ -176,13 +201,13 @@ def _run_ftkit(config, train, model, tokenizer, meter, runs_dir: Path):
     return result.model, losses
 
 
-def _stock_lora():
+def _stock_lora(dropout: float):
     """peft's own LoRA settings for the contestants without ftkit (TRL, the plain loop): the
     same adapters as ftkit's, on every linear layer."""
     from peft import LoraConfig
 
     return LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=dropout,
         target_modules="all-linear", task_type="CAUSAL_LM",
     )  # fmt: skip
 
@@ -214,7 +239,7 @@ def _run_trl(config, train, model, tokenizer, meter, runs_dir: Path):
     )  # fmt: skip
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=_stock_lora(), callbacks=[meter],
+        peft_config=_stock_lora(config.lora_dropout), callbacks=[meter],
     )  # fmt: skip
     collate = trainer.data_collator
     trainer.data_collator = lambda batch: meter.add(collate(batch))
@@ -262,7 +287,8 @@ def _run_plain(config, train, model, tokenizer, meter, runs_dir: Path):
     batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
     random.Random(config.seed).shuffle(batches)
     torch.manual_seed(config.seed)
-    model = get_peft_model(model, _stock_lora())
+    model = get_peft_model(model, _stock_lora(config.lora_dropout))
+    meter.adapters_at_start = adapter_fingerprint(model)
     inner = model.get_base_model()  # the causal LM, its linear layers wrapped by peft in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=config.weight_decay)
@@ -299,7 +325,8 @@ def _bf16() -> bool:
 
 
 def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
-           grouping: bool = False, micro: int | str = "auto") -> None:  # fmt: skip
+           grouping: bool = False, micro: int | str = "auto",
+           dropout: float = LORA["dropout"]) -> None:  # fmt: skip
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
@@ -308,7 +335,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
     from ftkit.training import load_for_training
 
     train, validation = _data(limit)
-    config = _config(method, seed, grouping, micro)
+    config = _config(method, seed, grouping, micro, dropout)
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
     meter = _Meter()
@@ -320,6 +347,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
         "trainer": trainer,
         "method": method,
         "seed": seed,
+        "lora_dropout": dropout,
         "length_grouped": grouping if trainer == "ftkit" else False,
         "micro_batch_tokens": (
             micro_batch_budget(config, precision, config.flat_batches) if trainer == "ftkit" else 0
@@ -335,6 +363,10 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
         "final_train_loss": losses[-1] if losses else None,
         "val_loss": loss_on(trained, tokenizer, validation),
         "parameters": _parameters(trained.get_base_model()),
+        # What the seed drew: the adapters' initial values and the order of the examples
+        # (real tokens per batch; the plain loop's length-sorted batches differ by design).
+        "adapters_at_start": meter.adapters_at_start,
+        "batch_tokens": meter.batches,
     }
     out.write_text(json.dumps(record))
 
@@ -354,10 +386,11 @@ def _parameters(model) -> int:
 
 
 def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
-               grouping: bool = False, micro: int | str = "auto") -> dict:  # fmt: skip
+               grouping: bool = False, micro: int | str = "auto",
+               dropout: float = LORA["dropout"]) -> dict:  # fmt: skip
     """Start a worker process and return its record plus its peak RSS read from the OS."""
     command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
-    command += ["--seed", str(seed), "--out", str(out)]
+    command += ["--seed", str(seed), "--out", str(out), "--lora-dropout", str(dropout)]
     command += ["--micro-batch-tokens", str(micro)] + (["--group-by-length"] if grouping else [])
     if limit:
         command += ["--limit", str(limit)]
@@ -580,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch-tokens", default="auto", type=_budget,
                         help="ftkit: auto, or a number (0: never split)")  # fmt: skip
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
+    parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
+                        help="LoRA's dropout for every trainer (0: no draws beyond the "
+                        "adapters' start and the data's order)")  # fmt: skip
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
     parser.add_argument("--out", default=str(RESULTS / "train_vs_trl.json"))
@@ -588,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.worker:
         worker(args.worker, args.methods[0], args.limit, args.seed, out,
-               args.group_by_length, args.micro_batch_tokens)  # fmt: skip
+               args.group_by_length, args.micro_batch_tokens, args.lora_dropout)  # fmt: skip
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     from ftkit.hardware import cpu_has_bf16, cpu_name
@@ -611,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
                       flush=True)  # fmt: skip
                 record = run_worker(trainer, method, args.limit, round_, scratch,
-                                    args.group_by_length, args.micro_batch_tokens)  # fmt: skip
+                                    args.group_by_length, args.micro_batch_tokens,
+                                    args.lora_dropout)  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip

@@ -7,6 +7,7 @@ side, in one invocation.
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --micro-batch-tokens 0  # no split
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --group-by-length  # sorted batches
     .venv/bin/python benchmarks/train_vs_trl.py --methods lora --lora-dropout 0  # same draws
+    .venv/bin/python benchmarks/train_vs_trl.py --methods lora --dropout-draws 1  # other masks
 
 The third contestant, "plain", is the loop a careful practitioner writes without a trainer
 library (`_run_plain`): stock peft on stock bitsandbytes layers, length-sorted batches in a
@@ -41,7 +42,8 @@ Each record also says what its seed drew: the adapters' initial values (the sum 
 lora_A value) and the order of the examples (real tokens per batch). ftkit and TRL draw both
 alike from the same seed (the adapters after `torch.manual_seed(seed)`, the order as
 `torch.randperm` under seed + epoch), so their runs differ by LoRA dropout's draws (each
-its own way) and by arithmetic; `--lora-dropout 0` leaves the arithmetic alone.
+its own way) and by arithmetic; `--lora-dropout 0` leaves the arithmetic alone, and
+`--dropout-draws K` draws the masks from another stream (the adapters and order unchanged).
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
@@ -110,7 +112,8 @@ def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 3.0) -> tuple
 class _Meter:
     """A transformers callback timing the training loop, and a counter of the tokens fed."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout_draws: int | None = None) -> None:
+        self.dropout_draws = dropout_draws  # None: dropout draws from the seed's own stream
         self.started = self.ended = 0.0
         self.padded = self.real = 0  # tokens in the batches, with and without padding
         self.batches: list[int] = []  # real tokens of each batch, in order: the data's order
@@ -130,7 +133,18 @@ class _Meter:
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self.adapters_at_start = adapter_fingerprint(model)
+        self.redraw()
         self.started = time.perf_counter()
+
+    def redraw(self) -> None:
+        """With `dropout_draws` K, re-seed torch's global generator with 1000 + K as training
+        begins: LoRA dropout's masks come from another stream, while the adapters' start
+        and the examples' order (drawn before, or from the samplers' own generators) stay
+        those of the seed."""
+        if self.dropout_draws is not None:
+            import torch
+
+            torch.manual_seed(1000 + self.dropout_draws)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.ended = time.perf_counter()
@@ -289,6 +303,7 @@ def _run_plain(config, train, model, tokenizer, meter, runs_dir: Path):
     torch.manual_seed(config.seed)
     model = get_peft_model(model, _stock_lora(config.lora_dropout))
     meter.adapters_at_start = adapter_fingerprint(model)
+    meter.redraw()
     inner = model.get_base_model()  # the causal LM, its linear layers wrapped by peft in place
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=config.weight_decay)
@@ -326,7 +341,8 @@ def _bf16() -> bool:
 
 def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
            grouping: bool = False, micro: int | str = "auto",
-           dropout: float = LORA["dropout"]) -> None:  # fmt: skip
+           dropout: float = LORA["dropout"],
+           dropout_draws: int | None = None) -> None:  # fmt: skip
     """One training run in this process; writes its measurements as JSON to `out`."""
     import tempfile
 
@@ -338,7 +354,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
     config = _config(method, seed, grouping, micro, dropout)
     precision = choose_precision(detect_hardware())
     model, tokenizer = load_for_training(config, precision)
-    meter = _Meter()
+    meter = _Meter(dropout_draws)
     run = {"ftkit": _run_ftkit, "trl": _run_trl, "plain": _run_plain}[trainer]
     with tempfile.TemporaryDirectory() as runs_dir:
         trained, losses = run(config, train, model, tokenizer, meter, Path(runs_dir))
@@ -348,6 +364,7 @@ def worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
         "method": method,
         "seed": seed,
         "lora_dropout": dropout,
+        "dropout_draws": dropout_draws,
         "length_grouped": grouping if trainer == "ftkit" else False,
         "micro_batch_tokens": (
             micro_batch_budget(config, precision, config.flat_batches) if trainer == "ftkit" else 0
@@ -387,10 +404,13 @@ def _parameters(model) -> int:
 
 def run_worker(trainer: str, method: str, limit: int | None, seed: int, out: Path,
                grouping: bool = False, micro: int | str = "auto",
-               dropout: float = LORA["dropout"]) -> dict:  # fmt: skip
+               dropout: float = LORA["dropout"],
+               dropout_draws: int | None = None) -> dict:  # fmt: skip
     """Start a worker process and return its record plus its peak RSS read from the OS."""
     command = [sys.executable, __file__, "--worker", trainer, "--methods", method]
     command += ["--seed", str(seed), "--out", str(out), "--lora-dropout", str(dropout)]
+    if dropout_draws is not None:
+        command += ["--dropout-draws", str(dropout_draws)]
     command += ["--micro-batch-tokens", str(micro)] + (["--group-by-length"] if grouping else [])
     if limit:
         command += ["--limit", str(limit)]
@@ -616,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                         help="LoRA's dropout for every trainer (0: no draws beyond the "
                         "adapters' start and the data's order)")  # fmt: skip
+    parser.add_argument("--dropout-draws", type=int,
+                        help="K: LoRA dropout's masks from stream 1000 + K, the adapters' "
+                        "start and the order still the seed's")  # fmt: skip
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
     parser.add_argument("--out", default=str(RESULTS / "train_vs_trl.json"))
@@ -624,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.worker:
         worker(args.worker, args.methods[0], args.limit, args.seed, out,
-               args.group_by_length, args.micro_batch_tokens, args.lora_dropout)  # fmt: skip
+               args.group_by_length, args.micro_batch_tokens, args.lora_dropout,
+               args.dropout_draws)  # fmt: skip
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     from ftkit.hardware import cpu_has_bf16, cpu_name
@@ -648,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)  # fmt: skip
                 record = run_worker(trainer, method, args.limit, round_, scratch,
                                     args.group_by_length, args.micro_batch_tokens,
-                                    args.lora_dropout)  # fmt: skip
+                                    args.lora_dropout, args.dropout_draws)  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip

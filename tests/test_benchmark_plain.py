@@ -1,5 +1,7 @@
-"""The training benchmark's third contestant, the plain PyTorch loop (benchmarks/train_vs_trl.py):
-it must train on the same objective as ftkit, or its tokens per second compare nothing."""
+"""The training benchmark (benchmarks/train_vs_trl.py) compares like with like: its third
+contestant, the plain PyTorch loop, trains on the same objective as ftkit, or its tokens per
+second compare nothing; and ftkit and TRL, given one seed, start from the same adapters and
+see the examples in the same order, so that a seed's validation losses pair up."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from train_vs_trl import plain_loss
+from train_vs_trl import _stock_lora, adapter_fingerprint, plain_loss
 
 from ftkit.formatting import collate, tokenize_for_training
 from ftkit.splits import load_dataset_splits
@@ -36,3 +38,33 @@ def test_the_plain_loops_loss_is_ftkits_on_the_same_batch(model_and_tokenizer):
                                                                    -100))  # fmt: skip
     with torch.no_grad():
         assert abs(float(plain_loss(model, everything, bf16=False)) - float(plain)) > 0.05
+
+
+def test_ftkit_and_trl_draw_the_same_adapters_and_order_from_one_seed(tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from ftkit.config import TrainConfig
+    from ftkit.models import load_model
+    from ftkit.trainer import SeededRandomSampler
+    from ftkit.training import add_adapters
+
+    seed, count = 3, 24
+    model, tokenizer = load_model(dtype="fp32")
+    ftkit_model = add_adapters(model, TrainConfig(method="lora", seed=seed))
+    # each example's first token says which it is
+    rows = {"input_ids": [[100 + i, 200, 300] for i in range(count)],
+            "completion_mask": [[0, 1, 1]] * count}  # fmt: skip
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], seed=seed,
+                     data_seed=seed, per_device_train_batch_size=8, max_length=None,
+                     completion_only_loss=True)  # fmt: skip
+    trainer = SFTTrainer(model=load_model(dtype="fp32")[0], args=args,
+                         train_dataset=Dataset.from_dict(rows), processing_class=tokenizer,
+                         peft_config=_stock_lora(0.05))  # fmt: skip
+    assert adapter_fingerprint(trainer.model) == adapter_fingerprint(ftkit_model) != 0.0
+    trl_order = [int(first) - 100 for batch in trainer.get_train_dataloader()
+                 for first in batch["input_ids"][:, 0]]  # fmt: skip
+    assert sorted(trl_order) == list(range(count)) and trl_order != list(range(count))
+    assert trl_order == list(SeededRandomSampler(count, seed))
+    other = add_adapters(load_model(dtype="fp32")[0], TrainConfig(method="lora", seed=seed + 1))
+    assert adapter_fingerprint(other) != adapter_fingerprint(ftkit_model)

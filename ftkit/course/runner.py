@@ -619,7 +619,8 @@ def run_in_lanes(
             if failure is None and not interrupted:
                 ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
                 awaited = set().union(*(waits[notebook] for notebook in pending))
-                awaited |= {by_prefix.get(job.target) for job in waiting_jobs}  # run beside
+                awaited |= {by_prefix[job.target] for job in waiting_jobs  # run beside
+                            if job.target in by_prefix}  # fmt: skip
                 first = [notebook for notebook in ready if notebook in awaited]  # series order
                 starting = first[: lanes - running]
                 jobs = jobs_to_start(lanes - running - len(starting), starting)

@@ -8,6 +8,7 @@ side, in one invocation.
     .venv/bin/python benchmarks/train_vs_trl.py --methods qlora --group-by-length  # sorted batches
     .venv/bin/python benchmarks/train_vs_trl.py --methods lora --lora-dropout 0  # same draws
     .venv/bin/python benchmarks/train_vs_trl.py --methods lora --dropout-draws 1  # other masks
+    .venv/bin/python benchmarks/train_vs_trl.py --methods lora --seeds 1 2 --dropout-draws 3 4
 
 The third contestant, "plain", is the loop a careful practitioner writes without a trainer
 library (`_run_plain`): stock peft on stock bitsandbytes layers, length-sorted batches in a
@@ -43,7 +44,9 @@ lora_A value) and the order of the examples (real tokens per batch). ftkit and T
 alike from the same seed (the adapters after `torch.manual_seed(seed)`, the order as
 `torch.randperm` under seed + epoch), so their runs differ by LoRA dropout's draws (each
 its own way) and by arithmetic; `--lora-dropout 0` leaves the arithmetic alone, and
-`--dropout-draws K` draws the masks from another stream (the adapters and order unchanged).
+`--dropout-draws K` draws the masks from another stream (the adapters and order unchanged;
+several K: a run for each, so each seed's validation loss is a mean over masks, with its
+standard error).
 
 Measured per run: trained tokens per second (padding included), non-padding tokens per
 second, peak RSS, the last logged training loss, and the validation loss of the trained
@@ -62,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -478,7 +482,11 @@ def summarise(runs: list[dict], machine: dict) -> dict:
             row = {key: _median([r[key] for r in records]) for key in keys}
             # Validation loss varies with the seed: the mean over seeds, and each seed's.
             row["val_loss"] = statistics.fmean(r["val_loss"] for r in records)
-            row["val_loss_by_seed"] = {r.get("seed", 0): r["val_loss"] for r in records}
+            by_seed: dict = {}
+            for r in records:  # several per seed with several --dropout-draws
+                by_seed.setdefault(r.get("seed", 0), []).append(r["val_loss"])
+            row["val_loss_by_seed"] = {k: statistics.fmean(v) for k, v in by_seed.items()}
+            row["val_losses_by_seed"] = by_seed
             flops = 4 * records[0]["parameters"]
             row["mfu"] = flops * row["real_tokens_per_second"] / (peak * 1e9)
             row["runs"] = len(records)
@@ -500,7 +508,19 @@ def _ratio(f: dict, t: dict) -> dict:
         "val_loss_delta_by_seed": {
             seed: f["val_loss_by_seed"][seed] - t["val_loss_by_seed"][seed] for seed in seeds
         },
+        # Where each has two or more runs of a seed (other dropout masks): the gap's
+        # standard error, sqrt(s_f^2 / n_f + s_t^2 / n_t).
+        "val_loss_delta_se_by_seed": {
+            seed: _gap_error(f["val_losses_by_seed"][seed], t["val_losses_by_seed"][seed])
+            for seed in seeds
+            if min(len(f["val_losses_by_seed"][seed]), len(t["val_losses_by_seed"][seed])) > 1
+        },
     }
+
+
+def _gap_error(a: list[float], b: list[float]) -> float:
+    """The standard error of mean(a) - mean(b), two independent samples."""
+    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
 def _median(values: list) -> float | None:
@@ -533,13 +553,16 @@ def markdown(summary: dict, machine: dict, evaluation: dict | None) -> str:
                 f"| {method} | **ftkit / {other}** | | **{q['speed']:.2f}x** | | "
                 f"**{q['memory']:.2f}x** | | {q['val_loss_delta']:+.3f} |"
             )
+            errors = q.get("val_loss_delta_se_by_seed", {})
             per_seed = ", ".join(
-                f"seed {k}: {v:+.3f}" for k, v in q["val_loss_delta_by_seed"].items()
+                f"seed {k}: {v:+.4f}" + (f" ± {errors[k]:.4f}" if k in errors else "")
+                for k, v in q["val_loss_delta_by_seed"].items()
             )
             lines.append(f"| {method} | val loss ftkit - {other} by seed | | | | | | {per_seed} |")
     lines.append("")
     lines.append(
-        "Medians over runs, except validation loss: the mean over seeds (round r: seed r)."
+        "Medians over runs, except validation loss: the mean over runs (by seed: the mean "
+        "over that seed's dropout draws, ± its standard error where there are several)."
     )
     lines.append(machine_line(machine))
     if evaluation:
@@ -627,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the contestants (default: all three)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per trainer and method; round r uses seed r")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="these seeds instead of --rounds' 0 .. rounds - 1")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--group-by-length", action="store_true",
                         help="ftkit in length-grouped batches (TRL: random batches)")  # fmt: skip
@@ -636,9 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                         help="LoRA's dropout for every trainer (0: no draws beyond the "
                         "adapters' start and the data's order)")  # fmt: skip
-    parser.add_argument("--dropout-draws", type=int,
-                        help="K: LoRA dropout's masks from stream 1000 + K, the adapters' "
-                        "start and the order still the seed's")  # fmt: skip
+    parser.add_argument("--dropout-draws", type=int, nargs="+",
+                        help="K: LoRA dropout's masks from stream 1000 + K, the "
+                        "adapters' start and the order still the seed's; several K: a run "
+                        "for each")  # fmt: skip
     parser.add_argument("--eval-tickets", type=int, default=32, help="0 skips evaluation speed")
     parser.add_argument("--eval-new-tokens", type=int, default=48)
     parser.add_argument("--out", default=str(RESULTS / "train_vs_trl.json"))
@@ -648,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.methods[0], args.limit, args.seed, out,
                args.group_by_length, args.micro_batch_tokens, args.lora_dropout,
-               args.dropout_draws)  # fmt: skip
+               args.dropout_draws[0] if args.dropout_draws else None)  # fmt: skip
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     from ftkit.hardware import cpu_has_bf16, cpu_name
@@ -661,18 +687,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['native_bf16']}; matmul: {machine['fp32_gflops']:.0f} fp32 / "
           f"{machine['bf16_gflops']:.1f} bf16 GFLOP/s", flush=True)  # fmt: skip
     runs, scratch = [], out.with_suffix(".run.json")
-    for round_ in range(args.rounds):
+    seeds = args.seeds if args.seeds is not None else list(range(args.rounds))
+    rounds = [(seed, draws) for seed in seeds for draws in args.dropout_draws or [None]]
+    for round_, (seed, draws) in enumerate(rounds):
         for index, method in enumerate(args.methods):
             # Who goes first turns from round to round for each method, and from method to
             # method within a round, so a machine slowing down over time hurts none more.
             shift = (round_ + index) % len(args.trainers)
             order = args.trainers[shift:] + args.trainers[:shift]
+            masks = "" if draws is None else f", dropout draws {draws}"
             for trainer in order:
-                print(f"[bench] round {round_ + 1} (seed {round_}): {trainer} {method} ...",
+                print(f"[bench] round {round_ + 1} (seed {seed}{masks}): {trainer} {method} ...",
                       flush=True)  # fmt: skip
-                record = run_worker(trainer, method, args.limit, round_, scratch,
+                record = run_worker(trainer, method, args.limit, seed, scratch,
                                     args.group_by_length, args.micro_batch_tokens,
-                                    args.lora_dropout, args.dropout_draws)  # fmt: skip
+                                    args.lora_dropout, draws)  # fmt: skip
                 print(f"[bench]   {record['real_tokens_per_second']:.0f} tokens/s, peak RSS "
                       f"{record['peak_rss_gib']:.2f} GiB, val loss {record['val_loss']:.3f}",
                       flush=True)  # fmt: skip

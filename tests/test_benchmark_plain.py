@@ -1,17 +1,19 @@
 """The training benchmark (benchmarks/train_vs_trl.py) compares like with like: its third
 contestant, the plain PyTorch loop, trains on the same objective as ftkit, or its tokens per
 second compare nothing; and ftkit and TRL, given one seed, start from the same adapters and
-see the examples in the same order, so that a seed's validation losses pair up."""
+see the examples in the same order, so that a seed's validation losses pair up (and, over
+several dropout draws, pair up as means with a standard error)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from train_vs_trl import _stock_lora, adapter_fingerprint, plain_loss
+from train_vs_trl import _stock_lora, adapter_fingerprint, markdown, plain_loss, summarise
 
 from ftkit.formatting import collate, tokenize_for_training
 from ftkit.splits import load_dataset_splits
@@ -68,3 +70,21 @@ def test_ftkit_and_trl_draw_the_same_adapters_and_order_from_one_seed(tmp_path):
     assert trl_order == list(SeededRandomSampler(count, seed))
     other = add_adapters(load_model(dtype="fp32")[0], TrainConfig(method="lora", seed=seed + 1))
     assert adapter_fingerprint(other) != adapter_fingerprint(ftkit_model)
+
+
+def test_several_dropout_draws_of_a_seed_compare_as_means_with_a_standard_error():
+    def run(trainer, seed, loss):
+        return {"trainer": trainer, "method": "lora", "seed": seed, "val_loss": loss,
+                "tokens_per_second": 100.0, "real_tokens_per_second": 90.0, "seconds": 1.0,
+                "peak_rss_gib": 2.0, "final_train_loss": 0.4, "parameters": 10,
+                "precision": "bf16"}  # fmt: skip
+
+    runs = [run("ftkit", 0, 0.30), run("ftkit", 0, 0.32), run("ftkit", 1, 0.50),
+            run("trl", 0, 0.33), run("trl", 0, 0.37), run("trl", 1, 0.40)]  # fmt: skip
+    machine = {"bf16_gflops": 100.0, "fp32_gflops": 50.0, "cpu_cores": 2}
+    ratio = summarise(runs, machine)["lora"]["ratio"]
+    assert ratio["val_loss_delta_by_seed"] == {0: pytest.approx(0.31 - 0.35), 1: pytest.approx(0.1)}
+    # variances 0.0002 and 0.0008, two runs each: sqrt(0.0001 + 0.0004)
+    assert ratio["val_loss_delta_se_by_seed"] == {0: pytest.approx(0.0005**0.5)}
+    table = markdown(summarise(runs, machine), {**machine, "cpu": "x"}, None)
+    assert "seed 0: -0.0400 ± 0.0224, seed 1: +0.1000 |" in table

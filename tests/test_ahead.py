@@ -18,6 +18,7 @@ from ftkit import progress
 from ftkit.comparison import curve_recipe, learning_curve
 from ftkit.config import TrainConfig
 from ftkit.course.ahead import AheadJob, curve_job, train_curve_ahead
+from ftkit.course.report import timings_html
 from ftkit.course.runner import run_in_lanes, run_notebook, summary_table, train_ahead
 from ftkit.runs import run_busy, run_lock
 from ftkit.task_data import load_task_data
@@ -150,6 +151,12 @@ def test_a_lane_with_nothing_left_to_run_takes_the_job(tmp_path, exit_status):
     ended = "done in" if exit_status == 0 else "failed after"
     assert any(line.startswith(f"[ftkit] 04 ahead: {ended}") for line in lines), lines
     assert "04 ahead: the learning curve's runs" in summary_table([a, c, d], [job])
+    row = timings_html([a, c, d], [job], tmp_path / "out")  # the report's table links its log
+    assert (
+        "<td>04 ahead: the learning curve&#x27;s runs (<a href='04-ahead.log'>its output</a>)"
+        in row
+    )
+    assert (exit_status == 0) != (f"<td>exit {exit_status}</td>" in row)
 
 
 def test_the_job_goes_before_a_notebook_no_other_waits_for(tmp_path):

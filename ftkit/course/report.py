@@ -3,8 +3,9 @@
 `ftkit run` (the README's `make main`) executes the series into a build folder with
 `ftkit.course.runner`; `write_report` then reads the executed copies there and writes
 `report.html` beside them: when, on what machine and with which versions it ran, the
-timings (the summary table, and every notebook's sections), the prompt-versus-fine-tune
-table with its intervals, a few test tickets answered side by side, and the plots.
+timings (the summary table, with the jobs that trained ahead and a link to each one's
+output, and every notebook's sections), the prompt-versus-fine-tune table with its
+intervals, a few test tickets answered side by side, and the plots.
 
 Finding outputs. A notebook marks an output for the report with display metadata, which
 the .ipynb keeps on the output wherever the cell moves:
@@ -15,7 +16,8 @@ The markers read here are `MARKERS`' keys. Plots need no marker: every `image/pn
 output is taken, captioned with the notebook section (`## ` heading) it came from.
 
 Self-contained: the CSS is inline, images are base64 data URIs, and there is no script
-and no external link, so the file can be mailed or opened offline. Marked outputs are
+and no external link (only links to files beside it in the build folder: a job's output,
+notebook 06's exports), so the file can be mailed or opened offline. Marked outputs are
 HTML that ftkit made (model output in them is already escaped, see
 `Comparison.samples_html`); everything else is escaped here.
 """
@@ -28,10 +30,14 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftkit.course.doctor import package_versions
 from ftkit.course.notebooks import NotebookRun, cell_sections, lanes_note, wall_clock
 from ftkit.hardware import detect_hardware
+
+if TYPE_CHECKING:  # the job's module imports training: only its type is needed here
+    from ftkit.course.ahead import AheadJob
 
 # Marker (the "ftkit" key of an output's metadata) -> heading of its part of the report.
 MARKERS = {
@@ -108,8 +114,10 @@ def notebook_title(notebook, fallback: str) -> str:
     return fallback
 
 
-def write_report(runs: Sequence[NotebookRun], out_dir: str | os.PathLike) -> Path:
-    """Write `out_dir/report.html` from the executed notebooks of `runs`; return its path.
+def write_report(runs: Sequence[NotebookRun], out_dir: str | os.PathLike,
+                 ahead: Sequence[AheadJob] = ()) -> Path:  # fmt: skip
+    """Write `out_dir/report.html` from the executed notebooks of `runs` (and the jobs of
+    `ahead` that ran, in the timings); return its path.
 
     `ftkit run` (the README's `make main`) calls it after the notebooks; the outputs it
     quotes are marked in notebooks/04_prompt_vs_finetune.ipynb.
@@ -117,7 +125,7 @@ def write_report(runs: Sequence[NotebookRun], out_dir: str | os.PathLike) -> Pat
     import nbformat
 
     notebooks = [nbformat.read(run.output, as_version=4) for run in runs]
-    parts = [_header(runs), "<h2>Timings</h2>", timings_html(runs)]
+    parts = [_header(runs), "<h2>Timings</h2>", timings_html(runs, ahead, out_dir)]
     for marker, heading in MARKERS.items():
         found = [h for nb in notebooks for h in marked_outputs(nb, marker)]
         if found:
@@ -135,22 +143,44 @@ def write_report(runs: Sequence[NotebookRun], out_dir: str | os.PathLike) -> Pat
     return path
 
 
-def timings_html(runs: Sequence[NotebookRun]) -> str:
-    """The summary table of `ftkit.course.runner.summary_table` as an HTML table."""
+def timings_html(runs: Sequence[NotebookRun], ahead: Sequence[AheadJob] = (),
+                 out_dir: str | os.PathLike | None = None) -> str:  # fmt: skip
+    """The summary table of `ftkit.course.runner.summary_table` as an HTML table: a row per
+    notebook, and per job of `ahead` that ran, with a link to its output (relative to
+    `out_dir`, the report's folder, where it lies in it)."""
     rows = [
         f"<tr><td><a href='#{_anchor(r.notebook)}'>{html.escape(r.notebook)}</a></td>"
         f"<td>{html.escape(r.mode)}</td><td>{r.cells}</td><td>{r.seconds:.0f}</td></tr>"
         for r in runs
     ]
+    jobs = [job for job in ahead if job.ended]
+    for job in jobs:
+        what = html.escape(f"{job.target} ahead: the {job.name}'s runs")
+        ended = "" if job.returncode == 0 else f"exit {job.returncode}"
+        link = html.escape(_link(job.log_file, out_dir), quote=True)
+        rows.append(
+            f"<tr><td>{what} (<a href='{link}'>its output</a>)</td><td>{ended}</td><td></td>"
+            f"<td>{job.ended - job.started:.0f}</td></tr>"
+        )
+    seconds = sum(r.seconds for r in runs) + sum(job.ended - job.started for job in jobs)
     total = (
         f"<tr><th>total</th><th></th><th>{sum(r.cells for r in runs)}</th>"
-        f"<th>{sum(r.seconds for r in runs):.0f}</th></tr>"
+        f"<th>{seconds:.0f}</th></tr>"
     )
     if wall := wall_clock(runs):
         total += f"<tr><th colspan='3'>wall clock ({html.escape(lanes_note(runs))})</th>"
         total += f"<th>{wall:.0f}</th></tr>"
     head = "<tr><th>notebook</th><th>mode</th><th>cells</th><th>seconds</th></tr>"
     return f"<table>{head}{''.join(rows)}{total}</table>"
+
+
+def _link(path: Path, folder: str | os.PathLike | None) -> str:
+    """`path` as a link from a page in `folder`: relative where it lies in it, else a
+    file:// address."""
+    path = Path(path).resolve()
+    if folder is not None and path.is_relative_to(Path(folder).resolve()):
+        return path.relative_to(Path(folder).resolve()).as_posix()
+    return path.as_uri()
 
 
 def _header(runs: Sequence[NotebookRun]) -> str:

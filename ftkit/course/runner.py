@@ -484,7 +484,7 @@ def run_series(
                 raise
             removed = "(In smoke mode the runs were in a temporary folder, now removed: the next "
             raise SeriesInterrupted(f"{stopped}\n{removed}run trains them again.)") from None
-    report = write_report(runs, out_dir)
+    report = write_report(runs, out_dir, ahead)
     log(summary_table(runs, ahead))
     log(f"[ftkit] report: {report}")
     return runs

@@ -4,14 +4,15 @@ their weights while generating (`ftkit.fast.folded_lora`).
     .venv/bin/python benchmarks/folded_lora.py
     .venv/bin/python benchmarks/folded_lora.py --tickets 80 40 --rounds 3
 
-The run is notebook 05's "good" one (QLoRA, 96 training tickets, lr 3e-3, one epoch; trained
-once into the system's temporary folder, reused after), answering notebook 05's test
-tickets with `evaluate_approach` as the notebooks do (batches of 32, the task's answer
-budget, `fast_generation` on). Both sides run in this one process, alternating per round;
-the median is reported. Also reports whether the replies and scores are the same. Only
-where ftkit computes in fp32 (a CPU without AVX512-BF16) is anything folded: elsewhere both
-sides are the same code. Writes benchmarks/results/folded_lora.json and prints a Markdown
-table for RESULTS.md.
+The run is a QLoRA run like notebook 05's "good" one when this was measured (96 training
+tickets, lr 3e-3, one epoch; 05's is now 64 tickets at 2e-3; trained once into the system's
+temporary folder, reused after), answering notebook 05's test tickets with
+`evaluate_approach` as the notebooks do (batches of 32, the task's answer budget,
+`fast_generation` on). Both sides run in this one process, alternating per round; the median
+is reported. Also reports whether the replies and scores are the same. Only where ftkit
+computes in fp32 (a CPU without AVX512-BF16) is anything folded: elsewhere both sides are
+the same code. Writes benchmarks/results/folded_lora.json and prints a Markdown table for
+RESULTS.md.
 """
 
 from __future__ import annotations

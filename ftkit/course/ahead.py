@@ -45,6 +45,16 @@ class AheadJob:
     ended: float = 0.0
     returncode: int | None = None  # its process's exit status once it ended
 
+    @property
+    def title(self) -> str:
+        """What the summary tables call it: "04 ahead: the learning curve's runs"."""
+        return f"{self.target} ahead: the {self.name}'s runs"
+
+    @property
+    def seconds(self) -> float:
+        """How long it ran (0 until it ended)."""
+        return self.ended - self.started if self.ended else 0.0
+
 
 def curve_job(parameters: Mapping, runs_dir: str | os.PathLike, log_dir: str | os.PathLike,
               ) -> AheadJob:  # fmt: skip

@@ -155,14 +155,13 @@ def timings_html(runs: Sequence[NotebookRun], ahead: Sequence[AheadJob] = (),
     ]
     jobs = [job for job in ahead if job.ended]
     for job in jobs:
-        what = html.escape(f"{job.target} ahead: the {job.name}'s runs")
         ended = "" if job.returncode == 0 else f"exit {job.returncode}"
         link = html.escape(_link(job.log_file, out_dir), quote=True)
         rows.append(
-            f"<tr><td>{what} (<a href='{link}'>its output</a>)</td><td>{ended}</td><td></td>"
-            f"<td>{job.ended - job.started:.0f}</td></tr>"
+            f"<tr><td>{html.escape(job.title)} (<a href='{link}'>its output</a>)</td>"
+            f"<td>{ended}</td><td></td><td>{job.seconds:.0f}</td></tr>"
         )
-    seconds = sum(r.seconds for r in runs) + sum(job.ended - job.started for job in jobs)
+    seconds = sum(r.seconds for r in runs) + sum(job.seconds for job in jobs)
     total = (
         f"<tr><th>total</th><th></th><th>{sum(r.cells for r in runs)}</th>"
         f"<th>{seconds:.0f}</th></tr>"

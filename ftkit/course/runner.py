@@ -504,7 +504,7 @@ def train_ahead(job: AheadJob, threads: Callable[[], int], out_dir: Path,
         with _kernel_progress(label, log, share.poll) as progress_env:
             env = os.environ | progress_env | share.env() | {progress.STOP_ENV: str(stop_file)}
             code = run_job(job, env, cwd=out_dir)
-    took = f"{job.ended - job.started:.0f} s"
+    took = f"{job.seconds:.0f} s"
     if code == 0:
         log(f"[ftkit] {label}: done in {took} (its output: {job.log_file})")
     elif stop_file.exists():
@@ -717,10 +717,9 @@ def summary_table(runs: Sequence[NotebookRun], ahead: Sequence[AheadJob] = ()) -
     rows += [f"{r.notebook:<40} {r.mode:<6} {r.cells:>5} {r.seconds:>8.0f}" for r in runs]
     jobs = [job for job in ahead if job.ended]
     for job in jobs:
-        what = f"{job.target} ahead: the {job.name}'s runs"
         ended = "" if job.returncode == 0 else f" (exit {job.returncode})"
-        rows.append(f"{what:<40} {ended:<12} {job.ended - job.started:>8.0f}")
-    seconds = sum(r.seconds for r in runs) + sum(job.ended - job.started for job in jobs)
+        rows.append(f"{job.title:<40} {ended:<12} {job.seconds:>8.0f}")
+    seconds = sum(r.seconds for r in runs) + sum(job.seconds for job in jobs)
     rows.append(f"{'total':<40} {'':<6} {sum(r.cells for r in runs):>5} {seconds:>8.0f}")
     if wall := wall_clock(runs):
         rows.append(f"{'wall clock':<53} {wall:>8.0f}")

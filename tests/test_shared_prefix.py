@@ -153,3 +153,35 @@ def test_an_empty_prefix_yields_no_cache(model_and_tokenizer):
     model, _ = model_and_tokenizer
     with sp.shared_prefix(model, torch.zeros(1, 0, dtype=torch.long), 4) as cache:
         assert cache is None
+
+
+def test_a_prefix_cache_grows_in_place_and_holds_what_concatenation_would():
+    """Generated tokens' keys and values are written into room kept after the rows' own
+    (no copy of the whole cache per token); what the layer returns is, at every step, the
+    concatenation `DynamicLayer` would return, also after rows leave the batch or a crop."""
+    torch.manual_seed(5)
+    kv_heads, dim = 3, 8
+    layer = sp._PrefixLayer(torch.randn(1, kv_heads, 6, dim), torch.randn(1, kv_heads, 6, dim))
+    keys, values = torch.randn(4, kv_heads, 5, dim), torch.randn(4, kv_heads, 5, dim)
+    layer.keys, layer.values = keys.clone(), values.clone()  # the prompts' own, as read
+    storages = set()
+    for step in range(sp.ROOM + 3):
+        if step == 10:  # rows 1 and 3 finished: the batch goes on with the others
+            rows = torch.tensor([0, 2])
+            layer.batch_select_indices(rows)
+            keys, values = keys[rows], values[rows]
+        if step == 20:
+            layer.crop(-2)
+            keys, values = keys[:, :, :-2], values[:, :, :-2]
+        new_k, new_v = (
+            torch.randn(len(keys), kv_heads, 1, dim),
+            torch.randn(len(keys), kv_heads, 1, dim),
+        )
+        got_k, got_v = layer.update(new_k, new_v)
+        keys, values = torch.cat([keys, new_k], dim=2), torch.cat([values, new_v], dim=2)
+        assert torch.equal(got_k, keys) and torch.equal(got_v, values)
+        assert layer.get_seq_length() == 6 + keys.shape[2]
+        storages.add(got_k.untyped_storage().data_ptr())
+    # one buffer for the first 10 steps, a new one after the selection and after the crop,
+    # one more once ROOM tokens filled the last: not one per token
+    assert len(storages) <= 4

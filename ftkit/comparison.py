@@ -9,15 +9,19 @@ subsets of the training data and scores each on the test examples.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ftkit import runs
 from ftkit.baseline import CLASSICAL
+from ftkit.cache import file_sha256
 from ftkit.config import TrainConfig
 from ftkit.evaluation import (
     GIVE_UP_AFTER,
@@ -25,11 +29,16 @@ from ftkit.evaluation import (
     ApproachResult,
     Prediction,
     answer_budget,
+    build_prompt,
     eval_batch_size,
     evaluate_approach,
+    generate_answers,
     pick_shots,
     restrict,
+    scored,
+    shots_for,
 )
+from ftkit.generation import Reply
 from ftkit.scoring import SIMILAR
 from ftkit.task import Task
 from ftkit.training import train
@@ -362,6 +371,93 @@ def subsample(examples: Sequence, n: int, seed: int = 0, task: Task | None = Non
     return pick_shots(examples, n, seed, task)
 
 
+def curve_tests(test_examples: Sequence, task: Task | None = None) -> list:
+    """The test examples a learning curve scores its points on: half of them, stratified
+    (`subsample`, seed 0). Notebook 04 and the runs `make main` trains ahead for it
+    (`ftkit.course.ahead`) both take them from here, so the answers one keeps are the other's
+    (`evaluate_run`)."""
+    return subsample(test_examples, len(test_examples) // 2, seed=0, task=task)
+
+
+ANSWERS = "answers"  # the folder of a run's kept answers (`evaluate_run`)
+CURVE_APPROACH = Approach("fine-tuned", model="finetuned")  # how a curve's runs are asked
+
+
+def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
+                 max_new_tokens: int | None = None, n_resamples: int = 1000, seed: int = 0,
+                 shot_pool: Sequence = ()) -> ApproachResult:  # fmt: skip
+    """`evaluate_approach` for a trained run (a `TrainResult`, its model loaded), its replies
+    kept in the run's folder (`answers/<key>.json`) and scored from there by the next call
+    that asks the same: the same adapter weights (hashed), examples, approach, shots and
+    token budget. `make main` scores notebook 04's learning-curve runs this way ahead, on a
+    free lane (`ftkit.course.ahead`), and the notebook reads the answers back instead of
+    generating them again. One process generates a run's answers at a time (a lock beside
+    them); another asking for them waits and reads them. Scores and intervals are computed
+    every time, from the replies; the kept cost is the batches' (no one-at-a-time latency).
+    """
+    examples, shot_pool = list(examples), list(shot_pool)
+    key = _answers_key(trained.adapter_dir, examples, approach, task, max_new_tokens, shot_pool)
+    path = Path(trained.run_dir) / ANSWERS / f"{key}.json"
+    waiting = (f"Another process is scoring the run {Path(trained.run_dir).name!r}: waiting "
+               "for its answers")  # fmt: skip
+    with runs.held(path.with_suffix(".lock"), waiting, f"scoring {trained.run_dir}"):
+        kept = _read_answers(path, examples, approach, task, shot_pool, seed)
+        if kept is None:
+            replies, batched, _ = generate_answers(
+                trained.model, trained.tokenizer, examples, approach, task, shot_pool,
+                max_new_tokens, seed=seed,
+            )  # fmt: skip
+            _write_answers(path, replies, batched)
+        else:
+            replies, batched = kept
+    return scored(approach, examples, replies, task, batched, [], n_resamples, seed)
+
+
+def _answers_key(adapter_dir, examples, approach, task, max_new_tokens, shot_pool) -> str:
+    """What decides a run's answers, hashed: its adapter's weights, the examples, the way of
+    asking (and the examples its shots come from), the token budget and the rule that cuts
+    hopeless JSON short."""
+    weights = sorted(Path(adapter_dir).glob("*.safetensors"))
+    asked = {
+        "weights": [file_sha256(path) for path in weights],
+        "examples": [example.messages for example in examples],
+        "approach": asdict(approach),
+        "shot_pool": [example.messages for example in shot_pool] if approach.shots else [],
+        "answer": task.answer,
+        "max_new_tokens": max_new_tokens,
+        "give_up_after": GIVE_UP_AFTER,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_answers(path: Path, examples: Sequence, approach: Approach, task: Task,
+                  shot_pool: Sequence, seed: int) -> tuple[list[Reply], float] | None:  # fmt: skip
+    """The replies kept at `path` for `examples` (and their batched seconds per request), or
+    None: none kept, or a file that does not read as them."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        rows = kept["replies"]
+        shots = shots_for(approach, examples, shot_pool, task, seed)
+        replies = [Reply(build_prompt(example, approach, s), r["text"], r["prompt_tokens"],
+                         r["new_tokens"], r["seconds"], r["gave_up"])
+                   for example, s, r in zip(examples, shots, rows, strict=True)]  # fmt: skip
+        return replies, float(kept["batch_seconds_per_request"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_answers(path: Path, replies: Sequence[Reply], batched: float) -> None:
+    """Keep `replies` at `path`, whole or not at all (written beside it, then renamed)."""
+    kept = {"batch_seconds_per_request": batched,
+            "replies": [{"text": r.text, "prompt_tokens": r.prompt_tokens,
+                         "new_tokens": r.new_tokens, "seconds": r.seconds,
+                         "gave_up": r.gave_up} for r in replies]}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(kept), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def learning_curve(
     sizes: Sequence[int],
     config,
@@ -383,7 +479,7 @@ def learning_curve(
     the comparison): its answers to `test_examples` are scored rather than trained again. A
     point whose run already exists unchanged (`ftkit.reuse`) is reused, not trained again.
     """
-    approach = approach or Approach("fine-tuned", model="finetuned")
+    approach = approach or CURVE_APPROACH
     known = dict(known or {})
     points = []
     for size in sorted(sizes):
@@ -392,11 +488,8 @@ def learning_curve(
             result, run_dir = restrict(known[size], test_examples, n_resamples, seed), None
         else:
             trained = train(*curve_run(config, train_examples, size, task, seed), reuse=True)
-            result = evaluate_approach(
-                trained.model, trained.tokenizer, test_examples, approach, task,
-                max_new_tokens=max_new_tokens, latency_sample=0, n_resamples=n_resamples,
-                seed=seed,
-            )  # fmt: skip
+            result = evaluate_run(trained, test_examples, approach, task, max_new_tokens,
+                                  n_resamples, seed)  # fmt: skip
             run_dir = str(trained.run_dir)
             del trained
         primary = task.primary_metric

@@ -258,9 +258,17 @@ def evaluate_approach(
         model, tokenizer, examples, approach, task, shot_pool, max_new_tokens, temperature,
         batch_size, latency_sample, seed, progress, give_up_after,
     )  # fmt: skip
+    return scored(approach, examples, replies, task, batched, timed, n_resamples, seed)
+
+
+def scored(approach: Approach, examples: Sequence, replies: Sequence[Reply], task: Task,
+           batched: float, timed: Sequence[float], n_resamples: int = 1000,
+           seed: int = 0) -> ApproachResult:  # fmt: skip
+    """`approach`'s `replies` to `examples` (in order) scored as `task` says, with what they
+    cost: `batched` seconds per request in batches, `timed` one at a time (may be empty)."""
     predictions = [_prediction(example, reply) for example, reply in zip(examples, replies,
                                                                          strict=True)]  # fmt: skip
-    return _result(approach, predictions, task, batched, timed, n_resamples, seed)
+    return _result(approach, predictions, task, batched, list(timed), n_resamples, seed)
 
 
 def generate_answers(

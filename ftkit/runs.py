@@ -102,7 +102,19 @@ def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
     runner (Ctrl-C) is honoured every `poll` seconds.
     """
     lock = _lock_file(config)
-    if lock is None:
+    waiting = (f"Another process is training the run {config.run_name!r} in {config.runs_dir}: "
+               "waiting for it to end, to reuse it")  # fmt: skip
+    with held(lock, waiting, f"training {config.run_name}", poll) as waited:
+        yield waited
+
+
+@contextlib.contextmanager
+def held(lock: Path | None, waiting: str, doing: str, poll: float = 1.0) -> Iterator[bool]:
+    """Hold the `flock` lock on the file `lock` (made if missing) inside the block, waiting
+    for another process that holds it (saying `waiting` once, honouring a stop of the
+    runner every `poll` seconds, as `doing` is stopped); yields whether it waited. None,
+    or a system without `fcntl` (Windows): nothing is locked."""
+    if lock is None or fcntl is None:
         yield False
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -114,12 +126,10 @@ def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
                 break
             except BlockingIOError:
                 if not waited:
-                    line = (f"Another process is training the run {config.run_name!r} in "
-                            f"{config.runs_dir}: waiting for it to end, to reuse it")  # fmt: skip
-                    print(f"[ftkit] {line} ...", flush=True)
-                    note(line)
+                    print(f"[ftkit] {waiting} ...", flush=True)
+                    note(waiting)
                     waited = True
-                stop_if_requested(f"training {config.run_name}")
+                stop_if_requested(doing)
                 time.sleep(poll)
         try:
             yield waited

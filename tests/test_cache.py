@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ftkit import cache
 from ftkit.cache import MANIFEST, ensure_converted, remove_abandoned_builds, verify_cache
 from ftkit.models import embedded_cache_dir, embedded_model_dir, find_embedded_gguf
 
@@ -140,3 +142,18 @@ def test_corrupt_real_cache_is_rebuilt(tmp_path, embedded_dir, monkeypatch):
     with pytest.warns(UserWarning, match="model.safetensors is corrupt"):
         rebuilt = embedded_model_dir()
     assert verify_cache(rebuilt, find_embedded_gguf()) == []
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    """Every load verifies the conversion: a process reads an unchanged file once."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    first = cache.file_sha256(path)
+    read = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: read.append(a[0]) or real_open(*a, **k))
+    assert cache.file_sha256(path) == first and read == []
+    monkeypatch.undo()
+    _flip_last_byte(path)  # written again: hashed again
+    assert cache.file_sha256(path) != first
+    assert cache.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ftkit import runs
+from ftkit import __version__, runs
 from ftkit.baseline import CLASSICAL
 from ftkit.cache import file_sha256
 from ftkit.config import TrainConfig
@@ -396,7 +396,7 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
     every time, from the replies; the kept cost is the batches' (no one-at-a-time latency).
     """
     examples, shot_pool = list(examples), list(shot_pool)
-    key = _answers_key(trained.adapter_dir, examples, approach, task, max_new_tokens, shot_pool)
+    key = _answers_key(trained, examples, approach, task, max_new_tokens, shot_pool)
     path = Path(trained.run_dir) / ANSWERS / f"{key}.json"
     waiting = (f"Another process is scoring the run {Path(trained.run_dir).name!r}: waiting "
                "for its answers")  # fmt: skip
@@ -413,13 +413,17 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
     return scored(approach, examples, replies, task, batched, [], n_resamples, seed)
 
 
-def _answers_key(adapter_dir, examples, approach, task, max_new_tokens, shot_pool) -> str:
-    """What decides a run's answers, hashed: its adapter's weights, the examples, the way of
-    asking (and the examples its shots come from), the token budget and the rule that cuts
-    hopeless JSON short."""
-    weights = sorted(Path(adapter_dir).glob("*.safetensors"))
+def _answers_key(trained, examples, approach, task, max_new_tokens, shot_pool) -> str:
+    """What decides a run's answers, hashed: its adapter's weights, the precision and device
+    they answer in (bf16 and fp32 round apart), ftkit's version (its generation code), the
+    examples, the way of asking (and the examples its shots come from), the token budget
+    and the rule that cuts hopeless JSON short."""
+    weights = sorted(Path(trained.adapter_dir).glob("*.safetensors"))
+    model = trained.model
     asked = {
         "weights": [file_sha256(path) for path in weights],
+        "computed": [str(getattr(model, "dtype", "")), str(getattr(model, "device", ""))],
+        "ftkit": __version__,
         "examples": [example.messages for example in examples],
         "approach": asdict(approach),
         "shot_pool": [example.messages for example in shot_pool] if approach.shots else [],
@@ -477,7 +481,8 @@ def learning_curve(
     schedule, only less data (so small subsets also get fewer steps, as they would for a
     learner). `known` maps a size to an `ApproachResult` already measured (the full run of
     the comparison): its answers to `test_examples` are scored rather than trained again. A
-    point whose run already exists unchanged (`ftkit.reuse`) is reused, not trained again.
+    point whose run already exists unchanged (`ftkit.reuse`) is reused, not trained again,
+    and answers it keeps for these examples are scored, not generated again (`evaluate_run`).
     """
     approach = approach or CURVE_APPROACH
     known = dict(known or {})

@@ -49,7 +49,7 @@ so it is the same on every device.
 
 `fast_nf4_quantization()`, around a 4-bit load on a CPU (`ftkit.models.load_model`):
 `nf4_quantization`, bitsandbytes' 4-bit codes counted with one vectorised comparison per
-level instead of `torch.bucketize`, the same bytes (a load of the embedded model 3.8 -> 2.4
+level instead of `torch.bucketize`, the same bytes (a load of the embedded model 3.8 -> 2.3
 s under the AVX2 stand-in; tests/test_nf4_quantization.py).
 
 `cap_onednn_kernels()`, before a process's first bf16 product (`ftkit.models.load_model`):

@@ -400,14 +400,25 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
     path = Path(trained.run_dir) / ANSWERS / f"{key}.json"
     waiting = (f"Another process is scoring the run {Path(trained.run_dir).name!r}: waiting "
                "for its answers")  # fmt: skip
-    with runs.held(path.with_suffix(".lock"), waiting, f"scoring {trained.run_dir}"):
+    lock = path.with_suffix(".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as error:  # a run folder this process may not write: answer, keep nothing
+        print(f"[ftkit] Answers not kept in {lock.parent}: {error}")
+        lock = None
+    with runs.held(lock, waiting, f"scoring {trained.run_dir}"):
         kept = _read_answers(path, examples, approach, task, shot_pool, seed)
         if kept is None:
             replies, batched, _ = generate_answers(
                 trained.model, trained.tokenizer, examples, approach, task, shot_pool,
                 max_new_tokens, seed=seed,
             )  # fmt: skip
-            _write_answers(path, replies, batched)
+            try:
+                if lock is not None:
+                    _write_answers(path, replies, batched)
+            except OSError as error:  # a full disk: the answers stand, only not kept
+                print(f"[ftkit] Answers not kept in {path.parent}: {error}")
         else:
             replies, batched = kept
     return scored(approach, examples, replies, task, batched, [], n_resamples, seed)

@@ -6,6 +6,7 @@ runner starting such a job beside its notebook, before a notebook no other waits
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -148,6 +149,13 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     with run_lock(curve_recipe(run.config, f"{data.name}-curve-4", str(runs_dir))):
         assert train_curve_ahead(str(folder), runs_dir, say=said.append) == []
     assert said == ["notebook 04 is at its learning curve already: nothing to train ahead"]
+    # a run folder where answers cannot be kept: answered all the same, and told
+    shutil.rmtree(ahead[1] / ANSWERS)
+    (ahead[1] / ANSWERS).write_text("a file where the folder would go", encoding="utf-8")
+    capsys.readouterr()
+    unkept = evaluate_run(reread, tests, CURVE_APPROACH, data.task, n_resamples=20)
+    assert [p.output for p in unkept.predictions] == [p.output for p in fresh.predictions]
+    assert f"[ftkit] Answers not kept in {ahead[1] / ANSWERS}" in capsys.readouterr().out
 
 
 def _nothing_generated(*args, **kwargs):

@@ -37,8 +37,7 @@ def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
     A process hashes a file once: while its size, modification time and inode stay the
     same, the digest is remembered (`_HASHED`). Every 4-bit load of the embedded model
     verifies its conversion (about 640 MB hashed, 0.37 s a load); notebook 05 loads it 10
-    times.
-    A file written again, or replaced, is hashed again."""
+    times. A file written again, or replaced, is hashed again."""
     status = os.stat(path)
     seen = (str(Path(path).resolve()), status.st_size, status.st_mtime_ns, status.st_ino,
             status.st_dev)  # fmt: skip

@@ -414,11 +414,11 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
                 trained.model, trained.tokenizer, examples, approach, task, shot_pool,
                 max_new_tokens, seed=seed,
             )  # fmt: skip
-            try:
-                if lock is not None:
+            if lock is not None:  # its folder made above
+                try:
                     _write_answers(path, replies, batched)
-            except OSError as error:  # a full disk: the answers stand, only not kept
-                print(f"[ftkit] Answers not kept in {path.parent}: {error}")
+                except OSError as error:  # a full disk: the answers stand, only not kept
+                    print(f"[ftkit] Answers not kept in {path.parent}: {error}")
         else:
             replies, batched = kept
     return scored(approach, examples, replies, task, batched, [], n_resamples, seed)
@@ -462,12 +462,12 @@ def _read_answers(path: Path, examples: Sequence, approach: Approach, task: Task
 
 
 def _write_answers(path: Path, replies: Sequence[Reply], batched: float) -> None:
-    """Keep `replies` at `path`, whole or not at all (written beside it, then renamed)."""
+    """Keep `replies` at `path` (its folder made), whole or not at all (written beside it,
+    then renamed)."""
     kept = {"batch_seconds_per_request": batched,
             "replies": [{"text": r.text, "prompt_tokens": r.prompt_tokens,
                          "new_tokens": r.new_tokens, "seconds": r.seconds,
                          "gave_up": r.gave_up} for r in replies]}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(json.dumps(kept), encoding="utf-8")
     os.replace(partial, path)

@@ -158,19 +158,34 @@ def test_a_loop_inside_a_cell_follows_the_share_between_two_steps(tmp_path):
 
 
 def test_after_a_failure_no_other_notebook_starts(tmp_path):
+    # 02 runs until the series has seen 01 fail (the log, kept in a file it can read), so
+    # that its lane comes free after the failure however slowly the kernels start
+    said = tmp_path / "said.txt"
+    slow = f"""import pathlib, time
+said = pathlib.Path({str(said)!r})
+for _ in range(600):
+    if said.exists() and "01_fails.ipynb failed" in said.read_text():
+        break
+    time.sleep(0.2)
+print('ran')"""
     paths = [
         _notebook(tmp_path, "01_fails.ipynb", "raise ValueError('boom in 01')"),
-        _notebook(tmp_path, "02_slow.ipynb", "import time\ntime.sleep(3)\nprint('ran')"),
+        _notebook(tmp_path, "02_slow.ipynb", slow),
         _notebook(tmp_path, "03_later.ipynb", "print('ran')"),
     ]
     out = tmp_path / "out"
     lines = []
 
+    def log(line: str) -> None:
+        lines.append(line)
+        with said.open("a") as file:
+            file.write(line + "\n")
+
     def run_one(path, threads):
-        return run_notebook(path, out / path.name, log=lines.append, threads=threads)
+        return run_notebook(path, out / path.name, log=log, threads=threads)
 
     with pytest.raises(NotebookFailed, match=r"01_fails\.ipynb failed in cell \d .*boom in 01"):
-        run_in_lanes(paths, 2, run_one, log=lines.append, cores=2)
+        run_in_lanes(paths, 2, run_one, log=log, cores=2)
     # 02, already running, finished; 03 never started
     assert _printed(out / "02_slow.ipynb").strip() == "ran"
     assert not (out / "03_later.ipynb").exists()

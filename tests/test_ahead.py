@@ -7,6 +7,7 @@ other waits for."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from ftkit.comparison import (
     learning_curve,
 )
 from ftkit.config import TrainConfig
-from ftkit.course.ahead import AheadJob, curve_job, train_curve_ahead
+from ftkit.course.ahead import AheadJob, curve_job, run_job, train_curve_ahead
 from ftkit.course.report import timings_html
 from ftkit.course.runner import run_in_lanes, run_notebook, summary_table, train_ahead
 from ftkit.evaluation import evaluate_approach, standard_approaches
@@ -275,6 +276,13 @@ def test_no_job_without_its_notebook_or_once_it_ended(tmp_path, series):
     assert ran == []
     if len(runs) == 3:
         assert runs[1].ended < runs[2].ended  # 04 ended while 05 held the other lane
+
+
+def test_a_jobs_log_has_lines_not_progress_bars(tmp_path):
+    code = "from tqdm import tqdm\nfor _ in tqdm(range(3)):\n    print('step', flush=True)"
+    job = AheadJob("test", "04", (), [sys.executable, "-c", code], tmp_path / "job.log")
+    assert run_job(job, os.environ, tmp_path) == 0
+    assert job.log_file.read_text(encoding="utf-8") == "step\nstep\nstep\n"
 
 
 def test_the_curve_job_takes_the_notebooks_dataset(tmp_path):

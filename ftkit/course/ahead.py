@@ -147,13 +147,15 @@ def answer_validation_ahead(data, source: Path, say: Callable[[str], object] = p
 
 def run_job(job: AheadJob, env: Mapping[str, str], cwd: str | os.PathLike) -> int:
     """Run `job.command` to its end in a session of its own (a Ctrl-C reaches the runner,
-    whose stop file then stops the job where nothing is lost), its output in `job.log_file`;
-    returns its exit status."""
+    whose stop file then stops the job where nothing is lost), its output in `job.log_file`
+    (without tqdm's progress bars, which a file would keep as lines of carriage returns: the
+    job's progress reaches the terminal as ftkit's own lines); returns its exit status."""
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
     job.started = time.time()
     with job.log_file.open("w", encoding="utf-8") as output:
         done = subprocess.run(
-            job.command, env=dict(env), cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+            job.command, env=dict(env) | {"TQDM_DISABLE": "1"}, cwd=cwd, stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True, check=False,
         )  # fmt: skip
     job.ended, job.returncode = time.time(), done.returncode

@@ -193,6 +193,8 @@ def _header(runs: Sequence[NotebookRun]) -> str:
     )
     if hardware.gpu_memory_gb:
         machine += f", {hardware.gpu_memory_gb:.0f} GiB GPU memory"
+    # the precision ftkit chose here: fp32 where bf16 is not native takes about twice as long
+    machine += f", computing in {str(hardware.dtype).removeprefix('torch.')}"
     shared = ""
     if wall_clock(runs):
         shared = (

@@ -25,7 +25,6 @@ from ftkit.cache import file_sha256
 from ftkit.config import TrainConfig
 from ftkit.evaluation import (
     GIVE_UP_AFTER,
-    TUNED_APPROACH,
     Approach,
     ApproachResult,
     Prediction,
@@ -381,19 +380,18 @@ def curve_tests(test_examples: Sequence, task: Task | None = None) -> list:
 
 
 ANSWERS = "answers"  # the folder of a run's kept answers (`evaluate_run`)
-CURVE_APPROACH = TUNED_APPROACH  # how a curve's runs are asked
+CURVE_APPROACH = Approach("fine-tuned", model="finetuned")  # how a curve's runs are asked
 
 
 def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
                  max_new_tokens: int | None = None, n_resamples: int = 1000, seed: int = 0,
                  shot_pool: Sequence = ()) -> ApproachResult:  # fmt: skip
-    """`evaluate_approach` for a trained run (a `TrainResult`, or a `Run` with its model
-    loaded), its replies kept in the run's folder (`answers/<key>.json`) and scored from
-    there by the next call that asks the same: the same adapter weights (hashed), examples,
-    approach, shots and token budget. `make main` scores notebook 04's learning-curve runs,
-    and notebook 03's run on the validation split, this way ahead, on a free lane
-    (`ftkit.course.ahead`), and the notebook reads the answers back instead of generating
-    them again. One process generates a run's answers at a time (a lock beside
+    """`evaluate_approach` for a trained run (a `TrainResult`, its model loaded), its replies
+    kept in the run's folder (`answers/<key>.json`) and scored from there by the next call
+    that asks the same: the same adapter weights (hashed), examples, approach, shots and
+    token budget. `make main` scores notebook 04's learning-curve runs this way ahead, on a
+    free lane (`ftkit.course.ahead`), and the notebook reads the answers back instead of
+    generating them again. One process generates a run's answers at a time (a lock beside
     them); another asking for them waits and reads them. Scores and intervals are computed
     every time, from the replies; the kept cost is the batches' (no one-at-a-time latency).
     """

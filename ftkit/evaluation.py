@@ -63,9 +63,6 @@ class Approach:
         return self.model == "base"
 
 
-TUNED_APPROACH = Approach("fine-tuned", model="finetuned")  # the plain fine-tune, no prompt
-
-
 def standard_approaches(
     task: Task, shots: int = 3, constrained: bool | None = None
 ) -> list[Approach]:
@@ -90,7 +87,7 @@ def standard_approaches(
     if constrained or (constrained is None and can_constrain(task) and xgrammar_available()):
         approaches.append(Approach(f"{few}, constrained", system_prompt=prompt, shots=shots,
                                    constrained=True))  # fmt: skip
-    approaches.append(TUNED_APPROACH)
+    approaches.append(Approach("fine-tuned", model="finetuned"))
     if prompt:
         approaches.append(Approach("fine-tuned + prompt", model="finetuned", system_prompt=prompt))
     return approaches

@@ -448,11 +448,6 @@ class Run:
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
 
-    @property
-    def run_dir(self) -> Path:
-        """The folder, by the name a `TrainResult` gives it (`evaluate_run` takes either)."""
-        return self.path
-
     def __str__(self) -> str:
         val = self.result.get("val_loss")
         val = f"{val:.3f}" if isinstance(val, float) else "n/a"

@@ -1,8 +1,7 @@
-"""Training ahead (`ftkit.course.ahead`): notebook 04's validation answers and learning-curve
-runs done by another process on a lane the series would leave idle, then read back by the
-notebook's own calls; the run lock that keeps two processes from training one run folder
-side by side; and the runner starting such a job beside its notebook, before a notebook no
-other waits for."""
+"""Training ahead (`ftkit.course.ahead`): notebook 04's learning-curve runs trained by another
+process on a lane the series would leave idle, then read back by the notebook's own call;
+the run lock that keeps two processes from training one run folder side by side; and the
+runner starting such a job beside its notebook, before a notebook no other waits for."""
 
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ from ftkit import comparison, progress
 from ftkit.comparison import (
     ANSWERS,
     CURVE_APPROACH,
-    compare,
     curve_recipe,
     curve_run,
     curve_tests,
@@ -33,7 +31,7 @@ from ftkit.config import TrainConfig
 from ftkit.course.ahead import AheadJob, curve_job, run_job, train_curve_ahead
 from ftkit.course.report import timings_html
 from ftkit.course.runner import run_in_lanes, run_notebook, summary_table, train_ahead
-from ftkit.evaluation import evaluate_approach, standard_approaches
+from ftkit.evaluation import evaluate_approach
 from ftkit.runs import run_busy, run_lock
 from ftkit.task_data import load_task_data
 from ftkit.training import load_or_train, train
@@ -94,12 +92,10 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
                                                                    monkeypatch):  # fmt: skip
     """A small dataset of one's own, as `make main DATA=...` saves it: its 16 training
     examples make a curve of 4, 8 and 16 (the last is notebook 03's run itself). The job
-    answers the validation split with notebook 03's run, trains the curve's runs and answers
-    the curve's test examples with each; notebook 04's calls read all of it back, generating
-    nothing."""
+    trains the runs and answers the curve's test examples with each; notebook 04's call
+    reads both back, generating nothing."""
     shipped = load_task_data("support_tickets")
-    mine = replace(shipped, train=shipped.train[:16], validation=shipped.validation[:4],
-                   test=shipped.test[:4])  # fmt: skip
+    mine = replace(shipped, train=shipped.train[:16], test=shipped.test[:4])
     folder = mine.save(tmp_path / "data" / "mine")
     data = load_task_data(str(folder))
     runs_dir = tmp_path / "runs"
@@ -111,27 +107,11 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     ahead = train_curve_ahead(str(folder), runs_dir, say=said.append)
     assert [path.name for path in ahead] == [f"{data.name}-curve-8", f"{data.name}-curve-4"]
     assert [line.split(": ")[1].split(" in ")[0] for line in said] == [
-        "answered the 4 validation examples"] + [
         "trained", "answered the curve's 2 test examples"] * 2  # fmt: skip
-    assert said[0].startswith(f"{data.name}-qlora: ")
     kept = {path: sorted((path / ANSWERS).glob("*.json")) for path in ahead}
     assert all(len(files) == 1 for files in kept.values()), kept
     written = {path: (path / "result.json").stat().st_mtime_ns for path in ahead}
     capsys.readouterr()
-    # notebook 04's section 5, as it calls it after its comparison (which picked the plain
-    # fine-tune, the only fine-tuned approach asked here) on 03's run read back
-    loaded = load_or_train(recipe, data.train)
-    tuned = [a for a in standard_approaches(data.task) if a.name == "fine-tuned"]
-    asked = compare(loaded.model, loaded.tokenizer, data.test, tuned, data.task,
-                    shot_pool=data.train, latency_sample=0, n_resamples=20,
-                    progress=None)  # fmt: skip
-    with monkeypatch.context() as patched:
-        patched.setattr(comparison, "generate_answers", _nothing_generated)
-        on_validation = evaluate_run(loaded, data.validation, asked.best_finetuned.approach,
-                                     data.task, asked.settings["max_new_tokens"], n_resamples=20,
-                                     shot_pool=data.train)  # fmt: skip
-    assert len(on_validation.predictions) == 4
-    del loaded
     # notebook 04's section 9, as it calls it: nothing trained or generated again
     curve = curve_recipe(run.config, f"{data.name}-curve", str(runs_dir))
     tests = curve_tests(data.test, data.task)
@@ -164,7 +144,6 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     said.clear()
     assert train_curve_ahead(str(folder), runs_dir, say=said.append) == ahead
     assert [line.split(": ")[1].split(" in ")[0] for line in said] == [
-        "answered the 4 validation examples"] + [
         "read back", "answered the curve's 2 test examples"] * 2  # fmt: skip
     # once notebook 04 holds one of its runs it is at its curve: nothing more starts here
     said.clear()
@@ -219,13 +198,16 @@ def test_a_lane_with_nothing_left_to_run_takes_the_job(tmp_path, exit_status):
                            run_ahead=run_ahead)  # fmt: skip
     assert c.ended <= d.started <= job.started + 1 and job.ended <= d.ended
     assert job.log_file.read_text().strip() == "threads 1"  # beside 04: half the cores
-    started = "[ftkit] 04 ahead: notebook 04's learning curve, on the free lane"
-    assert any(line.startswith(started + ", on 1 CPU thread") for line in lines)
+    started = "[ftkit] 04 ahead: training the learning curve's runs of notebook 04 on the free"
+    assert any(line.startswith(started + " lane, on 1 CPU thread") for line in lines)
     ended = "done in" if exit_status == 0 else "failed after"
     assert any(line.startswith(f"[ftkit] 04 ahead: {ended}") for line in lines), lines
-    assert "04 ahead: learning curve" in summary_table([a, c, d], [job])
+    assert "04 ahead: the learning curve's runs" in summary_table([a, c, d], [job])
     row = timings_html([a, c, d], [job], tmp_path / "out")  # the report's table links its log
-    assert "<td>04 ahead: learning curve (<a href='04-ahead.log'>its output</a>)" in row
+    assert (
+        "<td>04 ahead: the learning curve&#x27;s runs (<a href='04-ahead.log'>its output</a>)"
+        in row
+    )
     assert (exit_status == 0) != (f"<td>exit {exit_status}</td>" in row)
 
 

@@ -2,19 +2,16 @@
 
 `make main` runs two notebooks at a time (`ftkit.course.runner.run_in_lanes`). Notebook 04
 reads notebook 03's fine-tune, so 03 then 04 is a chain that runs on, alone, for minutes
-after the other lane has run out of notebooks. Past its comparison notebook 04 answers the
-validation split with 03's fine-tune (section 5), then trains the runs of its learning
-curve (section 9), which need nothing of 03 but its recipe. `train_curve_ahead` does both
-in a process of its own on the other lane, once 05 has ended (before 06, which nothing
-waits for; `run_in_lanes`): it answers the validation split as the notebook asks it when
-the plain fine-tune is its best fine-tuned approach, then trains the curve's runs with the
-same recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`) and
-answers the curve's test examples with each. Answers are kept in the run's folder
-(`ftkit.comparison.evaluate_run`), so that 04 reads runs and answers back (`ftkit.reuse`)
-instead of training and generating them. A run that 04 starts first is left to it
-(`ftkit.runs.run_busy`), and one that 04 reaches while this trains or answers with it is
-waited for there (`ftkit.runs.run_lock`, and the lock beside its answers): never done twice
-side by side.
+after the other lane has run out of notebooks. Near the end of that chain notebook 04
+trains the runs of its learning curve (section 9), which need nothing of 03 but its recipe.
+`train_curve_ahead` trains them in a process of its own on the other lane, once 05 has
+ended (before 06, which nothing waits for; `run_in_lanes`), with the same
+recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`), and
+answers the curve's test examples with each (`ftkit.comparison.evaluate_run`, kept in the
+run's folder), so that 04 reads runs and answers back (`ftkit.reuse`) instead of training
+and generating them. A run that 04 starts first is left to it (`ftkit.runs.run_busy`), and
+one that 04 reaches while this trains or answers with it is waited for there
+(`ftkit.runs.run_lock`, and the lock beside its answers): never done twice side by side.
 
     python -m ftkit.course.ahead curve --dataset support_tickets --runs-dir build/runs
 """
@@ -39,7 +36,6 @@ from ftkit.comparison import (
     curve_tests,
     evaluate_run,
 )
-from ftkit.evaluation import TUNED_APPROACH, answer_budget
 from ftkit.task_data import load_task_data
 from ftkit.training import train
 
@@ -49,7 +45,7 @@ class AheadJob:
     """Training that notebook `target` would do, which may run on a free lane while `target`
     runs, once the notebooks `after` (those of the series being run) have ended."""
 
-    name: str  # what it does, for the progress lines: "validation answers, curve runs"
+    name: str  # what it trains, for the progress lines: "04 ahead · learning curve"
     target: str  # the notebook (two-digit prefix) whose work it does
     after: tuple[str, ...]  # notebooks it needs ended (it reads or shares their runs)
     command: list[str]  # the process that trains (`python -m ftkit.course.ahead ...`)
@@ -60,8 +56,8 @@ class AheadJob:
 
     @property
     def title(self) -> str:
-        """What the summary tables call it: "04 ahead: validation answers, curve runs"."""
-        return f"{self.target} ahead: {self.name}"
+        """What the summary tables call it: "04 ahead: the learning curve's runs"."""
+        return f"{self.target} ahead: the {self.name}'s runs"
 
     @property
     def seconds(self) -> float:
@@ -71,29 +67,27 @@ class AheadJob:
 
 def curve_job(parameters: Mapping, runs_dir: str | os.PathLike, log_dir: str | os.PathLike,
               ) -> AheadJob:  # fmt: skip
-    """The job that answers notebook 04's validation split and trains its learning-curve
-    runs ahead, with the notebook's own parameters (`DATASET`: its default, or what the
-    runner injects). It reads notebook 03's finished run and may share notebook 05's (the
-    curve's smallest point), so it starts after both."""
+    """The job that trains notebook 04's learning-curve runs ahead, with the notebook's own
+    parameters (`DATASET`: its default, or what the runner injects). It reads notebook 03's
+    finished run and may share notebook 05's (the curve's smallest point), so it starts after
+    both."""
     dataset = str(parameters.get("DATASET", "support_tickets"))
     command = [sys.executable, "-m", "ftkit.course.ahead", "curve", "--dataset", dataset,
                "--runs-dir", str(Path(runs_dir).resolve())]  # fmt: skip
-    return AheadJob("validation answers, curve runs", "04", ("03", "05"), command,
+    return AheadJob("learning curve", "04", ("03", "05"), command,
                     Path(log_dir).resolve() / "04-ahead.log")  # fmt: skip
 
 
 def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
                       say: Callable[[str], object] = print) -> list[Path]:  # fmt: skip
-    """Do notebook 04's work past its comparison on `dataset` (a shipped name or a folder of
-    checked splits), with notebook 03's finished run `<dataset>-qlora` in `runs_dir`: answer
-    the validation split with that run (section 5, `answer_validation_ahead`), then train
-    the runs of the learning curve into `runs_dir` with its recipe and answer the curve's
-    test examples (`curve_tests`) with each; returns the curve runs' folders. Every point but
-    the whole training split (that is 03's run itself), the largest first; a run already
-    trained is reused (`train(reuse=True)`), and answers kept already are not generated
-    again (`evaluate_run`). Once notebook 04 holds one of the curve's runs
-    (`ftkit.runs.run_busy`), it is at its curve and trains what is left itself: nothing more
-    is started here."""
+    """Train the runs of notebook 04's learning curve on `dataset` (a shipped name or a
+    folder of checked splits) into `runs_dir`, with the recipe of notebook 03's finished run
+    `<dataset>-qlora` there, and answer the curve's test examples (`curve_tests`) with each;
+    returns their folders. Every point but the whole training split (that is 03's run
+    itself), the largest first; a run already trained is reused (`train(reuse=True)`), and
+    answers kept already are not generated again (`evaluate_run`). Once notebook 04 holds
+    one of them (`ftkit.runs.run_busy`), it is at its curve and trains what is left itself:
+    nothing more is started here."""
     data = load_task_data(dataset)
     source = Path(runs_dir) / f"{data.name}-qlora"
     saved = runs.read_run(source) if (source / "config.json").is_file() else None
@@ -108,7 +102,6 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     if any(runs.run_busy(config) for config, _ in points):
         say("notebook 04 is at its learning curve already: nothing to train ahead")
         return []
-    answer_validation_ahead(data, source, say)
     trained = []
     for config, subset in points:
         if runs.run_busy(config):
@@ -126,23 +119,6 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
         trained.append(Path(result.run_dir))
         del result
     return trained
-
-
-def answer_validation_ahead(data, source: Path, say: Callable[[str], object] = print) -> None:
-    """Answer `data`'s validation split with the run at `source` (notebook 03's fine-tune,
-    loaded as notebook 04 loads it), as notebook 04's section 5 asks it when the plain
-    fine-tune is its best fine-tuned approach: that approach (`TUNED_APPROACH`), the test
-    split's answer budget. Kept in the run's folder (`evaluate_run`) for the notebook to read
-    back; if another approach won there, the notebook answers that one itself."""
-    if not data.validation:
-        return
-    progress.stop_if_requested("answering the validation split")
-    started = time.perf_counter()
-    run = runs.load_run(source)
-    budget = answer_budget(data.task, data.test, run.tokenizer)
-    evaluate_run(run, data.validation, TUNED_APPROACH, data.task, budget, shot_pool=data.train)
-    took = progress.duration(time.perf_counter() - started)
-    say(f"{source.name}: answered the {len(data.validation)} validation examples in {took}")
 
 
 def run_job(job: AheadJob, env: Mapping[str, str], cwd: str | os.PathLike) -> int:

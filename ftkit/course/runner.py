@@ -499,8 +499,8 @@ def train_ahead(job: AheadJob, threads: Callable[[], int], out_dir: Path,
     with _Scratch("ftkit-ahead-") as folder:
         share = KernelThreads(threads, Path(folder) / "threads", label, log)
         first = share.history[0]
-        log(f"[ftkit] {label}: notebook {job.target}'s {job.name}, on the free lane, on "
-            f"{first} CPU thread{'s' if first != 1 else ''} ...")  # fmt: skip
+        log(f"[ftkit] {label}: training the {job.name}'s runs of notebook {job.target} on the "
+            f"free lane, on {first} CPU thread{'s' if first != 1 else ''} ...")  # fmt: skip
         with _kernel_progress(label, log, share.poll) as progress_env:
             env = os.environ | progress_env | share.env() | {progress.STOP_ENV: str(stop_file)}
             code = run_job(job, env, cwd=out_dir)

@@ -39,6 +39,7 @@ from ftkit.evaluation import (
     shots_for,
 )
 from ftkit.generation import Reply
+from ftkit.reuse import training_code_id
 from ftkit.scoring import SIMILAR
 from ftkit.task import Task
 from ftkit.training import train
@@ -426,15 +427,16 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
 
 def _answers_key(trained, examples, approach, task, max_new_tokens, shot_pool) -> str:
     """What decides a run's answers, hashed: its adapter's weights, the precision and device
-    they answer in (bf16 and fp32 round apart), ftkit's version (its generation code), the
-    examples, the way of asking (and the examples its shots come from), the token budget
-    and the rule that cuts hopeless JSON short."""
+    they answer in (bf16 and fp32 round apart), ftkit's version and code (its generation
+    code: the digest `ftkit.reuse` keys runs on, since an edit that leaves training alone
+    retrains a run to the same weights), the examples, the way of asking (and the examples
+    its shots come from), the token budget and the rule that cuts hopeless JSON short."""
     weights = sorted(Path(trained.adapter_dir).glob("*.safetensors"))
     model = trained.model
     asked = {
         "weights": [file_sha256(path) for path in weights],
         "computed": [str(getattr(model, "dtype", "")), str(getattr(model, "device", ""))],
-        "ftkit": __version__,
+        "ftkit": [__version__, training_code_id()],
         "examples": [example.messages for example in examples],
         "approach": asdict(approach),
         "shot_pool": [example.messages for example in shot_pool] if approach.shots else [],

@@ -136,6 +136,12 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     # other examples or settings are other answers; a damaged file is answered again
     evaluate_run(reread, tests[:1], CURVE_APPROACH, data.task, max_new_tokens=4)
     assert len(list((ahead[1] / ANSWERS).glob("*.json"))) == 2
+    # so does an edited ftkit (the digest of its code, on which `ftkit.reuse` keys runs: an
+    # edit to generation alone retrains a run to the same weights)
+    with monkeypatch.context() as patched:
+        patched.setattr(comparison, "training_code_id", lambda: "an edited checkout")
+        evaluate_run(reread, tests[:1], CURVE_APPROACH, data.task, max_new_tokens=4)
+    assert len(list((ahead[1] / ANSWERS).glob("*.json"))) == 3
     kept[ahead[1]][0].write_text("{not json", encoding="utf-8")
     again = evaluate_run(reread, tests, CURVE_APPROACH, data.task, n_resamples=20)
     assert [p.output for p in again.predictions] == [p.output for p in fresh.predictions]

@@ -23,7 +23,7 @@ from ftkit.course.cli import main
 from ftkit.course.report import marked_outputs, notebook_plots, write_report
 from ftkit.course.runner import NotebookFailed, kernel_config, prepare_dataset, run_notebook
 from ftkit.evaluation import Approach, ApproachResult, Prediction
-from ftkit.hardware import detect_hardware
+from ftkit.hardware import choose_precision
 from ftkit.scoring import score_predictions
 from ftkit.shipped import dataset_dir
 from ftkit.splits import load_dataset_splits
@@ -238,7 +238,7 @@ def test_report_holds_timings_sections_comparison_and_samples(series):
     run = runs["04"]
     assert "04 · Prompt engineering versus fine-tuning" in page and "mode <b>smoke</b>" in page
     assert "cpu cores" in page.lower() and "transformers" in page  # machine and versions
-    assert f"computing in {str(detect_hardware().dtype).removeprefix('torch.')}</p>" in page
+    assert f"computing in {choose_precision().name}</p>" in page  # as `ftkit doctor` says
     assert f"<td>{run.cells}</td><td>{run.seconds:.0f}</td>" in page  # the summary table
     for section in run.sections:  # every section with its own time
         assert f"<td>{section.title}</td><td>{section.cells}</td>" in page

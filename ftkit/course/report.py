@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from ftkit.course.doctor import package_versions
 from ftkit.course.notebooks import NotebookRun, cell_sections, lanes_note, wall_clock
-from ftkit.hardware import detect_hardware
+from ftkit.hardware import choose_precision, detect_hardware
 
 if TYPE_CHECKING:  # the job's module imports training: only its type is needed here
     from ftkit.course.ahead import AheadJob
@@ -193,8 +193,9 @@ def _header(runs: Sequence[NotebookRun]) -> str:
     )
     if hardware.gpu_memory_gb:
         machine += f", {hardware.gpu_memory_gb:.0f} GiB GPU memory"
-    # the precision ftkit chose here: fp32 where bf16 is not native takes about twice as long
-    machine += f", computing in {str(hardware.dtype).removeprefix('torch.')}"
+    # the precision ftkit chose here, named as the doctor names it: fp32 where bf16 is not
+    # native takes about twice as long
+    machine += f", computing in {choose_precision(hardware).name}"
     shared = ""
     if wall_clock(runs):
         shared = (

@@ -29,8 +29,9 @@ from ftkit.comparison import (
 )
 from ftkit.config import TrainConfig
 from ftkit.course.ahead import AheadJob, curve_job, run_job, train_curve_ahead
+from ftkit.course.lanes import run_in_lanes
 from ftkit.course.report import timings_html
-from ftkit.course.runner import run_in_lanes, run_notebook, summary_table, train_ahead
+from ftkit.course.runner import run_notebook, summary_table, train_ahead
 from ftkit.evaluation import evaluate_approach
 from ftkit.runs import run_busy, run_lock
 from ftkit.task_data import load_task_data

@@ -19,16 +19,9 @@ import nbformat
 import pytest
 
 from ftkit.course.cli import build_parser
+from ftkit.course.lanes import LANE_MEMORY_GB, SeriesInterrupted, run_in_lanes, series_lanes
 from ftkit.course.notebooks import lanes_note, notebook_needs, series_notebooks, wall_clock
-from ftkit.course.runner import (
-    LANE_MEMORY_GB,
-    NotebookFailed,
-    SeriesInterrupted,
-    run_in_lanes,
-    run_notebook,
-    series_lanes,
-    summary_table,
-)
+from ftkit.course.runner import NotebookFailed, run_notebook, summary_table
 from ftkit.hardware import HardwareInfo, detect_hardware
 from ftkit.runs import SMOKE_RUNS_ENV, list_runs, runs_folder
 

@@ -1,6 +1,6 @@
 """Runs trained ahead: a notebook's training done on a lane the series would leave idle.
 
-`make main` runs two notebooks at a time (`ftkit.course.runner.run_in_lanes`). Notebook 04
+`make main` runs two notebooks at a time (`ftkit.course.lanes.run_in_lanes`). Notebook 04
 reads notebook 03's fine-tune, so 03 then 04 is a chain that runs on, alone, for minutes
 after the other lane has run out of notebooks. Near the end of that chain notebook 04
 trains the runs of its learning curve (section 9), which need nothing of 03 but its recipe.

@@ -12,16 +12,13 @@ papermill injects the knobs (an `injected-parameters` cell right after the
 cell hooks time every numbered section (`## 2. ...`) and print one line as each
 ends, so a long run shows where it is.
 
-On a CPU the series runs in two lanes: two notebooks at a time, each kernel given half
-the cores (`series_lanes`). On the course's 2-core machines one thread per kernel does
-0.6-0.75x of two threads' work (training and batched generation alike), so two notebooks
-side by side get 1.4-1.5x the work done in the same time (benchmarks/lanes.py). A
-notebook that reads another's results waits for it (`ftkit.course.notebooks.notebook_needs`);
-one left running alone takes every core (`KernelThreads`: between two steps of ftkit's
-training and generation loops, else from its next cell). In full mode, the lane free once
-03 and 05 have ended trains notebook 04's learning-curve runs ahead, beside 04 and before
-06 (which nothing waits for), in a process of its own (`ftkit.course.ahead`), for 04 to
-read back.
+On a CPU the series runs in two lanes, two notebooks at a time (`ftkit.course.lanes`
+decides what starts when). A kernel follows its share of the cores as it changes
+(`KernelThreads`: between two steps of ftkit's training and generation loops, else from its
+next cell), so one left running alone takes every core. In full mode, the lane free once 03
+and 05 have ended trains notebook 04's learning-curve runs ahead, beside 04 and before 06
+(which nothing waits for), in a process of its own (`ftkit.course.ahead`, `train_ahead`),
+for 04 to read back.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -41,21 +37,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ftkit import progress
-from ftkit.catalog import EMBEDDED_MODEL
 from ftkit.course.ahead import AheadJob, curve_job, run_job
+from ftkit.course.lanes import SeriesInterrupted, run_in_lanes, say, series_lanes
 from ftkit.course.notebooks import (
     NotebookRun,
     SectionRun,
     cell_sections,
     lanes_note,
-    notebook_needs,
     notebook_parameters,
     notebooks_dir,
     series_notebooks,
     wall_clock,
 )
 from ftkit.course.report import write_report
-from ftkit.hardware import HardwareInfo, detect_hardware
 from ftkit.runs import SMOKE_RUNS_ENV
 from ftkit.shipped import shipped_datasets
 from ftkit.task_data import load_task_data
@@ -64,11 +58,6 @@ if TYPE_CHECKING:
     from traitlets.config import Config
 
 MODES = ("full", "smoke")
-# Free memory a notebook of the series needs beside another one on a CPU, for
-# `series_lanes`: two lanes of the series on the embedded model peaked at 7.7 GiB used on
-# the whole machine (a fresh-clone `make main` on the 2-core AVX512-BF16 EPYC, 2026-12-06,
-# notebook 05's full fine-tune beside notebook 04's evaluation).
-LANE_MEMORY_GB = 4.0
 
 
 class _Scratch(tempfile.TemporaryDirectory):
@@ -95,11 +84,6 @@ def remove_scratch() -> None:
         _Scratch.live.discard(folder)
 
 
-def _say(line: str) -> None:
-    """Print a progress line at once (also when stdout is a pipe, as under `make`)."""
-    print(line, flush=True)
-
-
 @contextlib.contextmanager
 def _environment(name: str, value: str) -> Iterator[None]:
     """`os.environ[name] = value` inside the block, as it was after it."""
@@ -121,12 +105,6 @@ class NotebookFailed(RuntimeError):
 class NotebookInterrupted(RuntimeError):
     """A notebook stopped because its run was interrupted (Ctrl-C): the message says where,
     and where the executed part is saved."""
-
-
-class SeriesInterrupted(RuntimeError):
-    """`run_series` was interrupted (Ctrl-C) and its notebooks stopped where nothing is lost:
-    the message says which finished, which stopped where, which did not start, and how to go
-    on."""
 
 
 STOP_FILE = ".ftkit-stop"  # in the output folder: created on Ctrl-C, for progress.STOP_ENV
@@ -176,7 +154,7 @@ def run_notebook(
     mode: str = "smoke",
     parameters: dict | None = None,
     timeout: int = 1800,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
     threads: int | Callable[[], int | None] | None = None,
     stop_file: str | os.PathLike | None = None,
 ) -> NotebookRun:
@@ -412,7 +390,7 @@ def run_series(
     mode: str = "full",
     only: Sequence[str] = (),
     parameters: dict | None = None,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
     smoke_runs: str | os.PathLike | None = None,
     lanes: int | None = None,
 ) -> list[NotebookRun]:
@@ -515,181 +493,12 @@ def train_ahead(job: AheadJob, threads: Callable[[], int], out_dir: Path,
             f"{job.target} trains what it needs itself. Its output: {job.log_file}")  # fmt: skip
 
 
-def series_lanes(hardware: HardwareInfo | None = None, model: str | None = None) -> int:
-    """How many notebooks `run_series` runs at a time by default: 2 on a CPU with at least
-    two cores and `LANE_MEMORY_GB` free per notebook, else 1 (on a GPU the device does the
-    work, and two kernels would share its memory). Another `model` than the embedded one
-    gets 1: `LANE_MEMORY_GB` was measured on the embedded model (`--lanes 2` overrides)."""
-    hardware = hardware or detect_hardware()
-    if hardware.device != "cpu" or hardware.cpu_cores < 2 or model not in (None, EMBEDDED_MODEL):
-        return 1
-    return 2 if hardware.ram_free_gb >= 2 * LANE_MEMORY_GB else 1
-
-
-def run_in_lanes(
-    notebooks: Sequence[Path],
-    lanes: int,
-    run_one: Callable[[Path, Callable[[], int]], NotebookRun],
-    log: Callable[[str], None] = _say,
-    cores: int | None = None,
-    on_interrupt: Callable[[], None] | None = None,
-    ahead: Sequence[AheadJob] = (),
-    run_ahead: Callable[[AheadJob, Callable[[], int]], None] | None = None,
-) -> list[NotebookRun]:
-    """Run `run_one(notebook, threads)` on every notebook, `lanes` at a time, each in a
-    thread of its own; `threads()` says how many of the `cores` (all this machine's by
-    default) the notebook has now: an equal share of those running (`run_notebook` asks
-    again every second, so a notebook left running alone takes them all).
-
-    A Ctrl-C while waiting calls `on_interrupt` (which asks the running notebooks to stop),
-    starts nothing more, waits for the running ones to end and raises `SeriesInterrupted`;
-    a second one, or one without `on_interrupt`, is raised as it is.
-
-    A notebook starts once every notebook of `notebooks` it reads (`notebook_needs`) ended,
-    and after the first of those reading the same notebook outside `notebooks` (which
-    trains what it reads, if missing, for the others to reuse); among those ready, the ones
-    others wait for go first, the rest in series order. After a failure no other notebook
-    starts: those running end, then the first failure is raised. Returns the runs in the
-    order of `notebooks`.
-
-    An `ahead` job (`run_ahead(job, threads)`, counted as a running notebook in the CPU
-    shares) takes a free lane once its `after` notebooks of `notebooks` ended and while its
-    `target` runs: before the notebooks no other waits for (the job shortens its target's
-    run, which others may wait for; such a notebook has only to end before the series
-    does), after those others wait for. A job that raises is reported and fails nothing.
-    """
-    cores = cores or os.cpu_count() or 1
-    by_prefix = {notebook.name[:2]: notebook for notebook in notebooks}
-    needs = {notebook: notebook_needs(notebook) for notebook in notebooks}
-    waits = {
-        notebook: {by_prefix[p] for p in needs[notebook] if p in by_prefix} - {notebook}
-        for notebook in notebooks
-    }  # a notebook outside the selection (`ftkit run 04`) ran before, or is not wanted
-    first_reader: dict[str, Path] = {}
-    for notebook in notebooks:  # `ftkit run 04 06` without 03: if 03's run is missing, the
-        for p in needs[notebook]:  # first to need it trains it, the next reuses it
-            if p not in by_prefix:
-                first_reader.setdefault(p, notebook)
-                waits[notebook] |= {first_reader[p]} - {notebook}
-    pending, done = list(notebooks), {}
-    finished: queue.Queue = queue.Queue()
-    running, failure = 0, None
-    counting = threading.Lock()  # a notebook's end and the starts it allows: one change
-
-    def share() -> int:  # asked from the notebooks' threads
-        with counting:
-            return max(1, cores // max(1, running))
-
-    def work(notebook: Path) -> None:
-        try:
-            finished.put((notebook, run_one(notebook, share)))
-        except BaseException as error:  # reported to the scheduling thread, raised there
-            finished.put((notebook, error))
-
-    def work_ahead(job: AheadJob) -> None:
-        try:
-            run_ahead(job, share)
-            finished.put((job, None))
-        except BaseException as error:  # reported, never raised: the notebook does the work
-            finished.put((job, error))
-
-    waiting_jobs = list(ahead) if run_ahead is not None else []
-
-    def jobs_to_start(free: int, starting: list[Path]) -> list[AheadJob]:  # under `counting`
-        ready = []
-        for job in list(waiting_jobs):
-            target = by_prefix.get(job.target)
-            if target is None or target in done or target in ended_early:
-                waiting_jobs.remove(job)  # nothing left to do ahead of
-            elif (target not in pending or target in starting) and all(
-                by_prefix[p] in done for p in job.after if p in by_prefix
-            ):  # its target running, what it reads there
-                ready.append(job)
-        ready = ready[: max(0, free)]
-        for job in ready:
-            waiting_jobs.remove(job)
-        return ready
-
-    one_ended = interrupted = False
-    ended_early: dict[Path, BaseException] = {}
-    while True:
-        with counting:  # one change: a notebook's end and the starts it allows
-            running -= one_ended
-            starting, jobs = [], []
-            if failure is None and not interrupted:
-                ready = [notebook for notebook in pending if waits[notebook] <= done.keys()]
-                awaited = set().union(*(waits[notebook] for notebook in pending))
-                awaited |= {by_prefix[job.target] for job in waiting_jobs  # run beside
-                            if job.target in by_prefix}  # fmt: skip
-                first = [notebook for notebook in ready if notebook in awaited]  # series order
-                starting = first[: lanes - running]
-                jobs = jobs_to_start(lanes - running - len(starting), starting)
-                rest = [notebook for notebook in ready if notebook not in awaited]
-                starting += rest[: lanes - running - len(starting) - len(jobs)]
-                running += len(starting) + len(jobs)
-        for job in jobs:
-            threading.Thread(target=work_ahead, args=(job,), daemon=True,
-                             name=f"ftkit-{job.target}-ahead").start()  # fmt: skip
-        for notebook in starting:
-            pending.remove(notebook)
-            threading.Thread(target=work, args=(notebook,), daemon=True,
-                             name=f"ftkit-{notebook.name[:2]}").start()  # fmt: skip
-        if not running:
-            break
-        try:
-            notebook, outcome = finished.get()
-        except KeyboardInterrupt:
-            if interrupted or on_interrupt is None:
-                raise
-            interrupted, one_ended = True, False  # nothing new starts
-            on_interrupt()
-            continue
-        one_ended = True
-        if isinstance(notebook, AheadJob):
-            if outcome is not None:
-                what = f"{type(outcome).__name__}: {outcome}"
-                log(f"[ftkit] {notebook.target} ahead: could not run ({what}); notebook "
-                    f"{notebook.target} trains what it needs itself")  # fmt: skip
-            continue
-        if isinstance(outcome, BaseException):
-            failure = failure or outcome
-            ended_early[notebook] = outcome
-            if running > 1 and not interrupted:
-                log(f"[ftkit] {notebook.name} failed; waiting for the notebook still running")
-        else:
-            done[notebook] = outcome
-    if interrupted:
-        raise SeriesInterrupted(_interrupted_message(notebooks, done, ended_early))
-    if failure is not None:
-        raise failure
-    if pending:  # only a circle of `after` lists leaves notebooks waiting on each other
-        names = ", ".join(notebook.name for notebook in pending)
-        raise RuntimeError(f"These notebooks wait on each other (metadata ftkit.after): {names}")
-    return [done[notebook] for notebook in notebooks]
-
-
-def _interrupted_message(notebooks: Sequence[Path], done: dict, ended_early: dict) -> str:
-    """What an interrupted series did: finished, stopped (where), not started; how to go on."""
-    lines = ["Interrupted (Ctrl-C)."]
-    if done:
-        lines.append("Finished: " + ", ".join(n.name for n in notebooks if n in done) + ".")
-    lines += [str(error) + "." for n, error in ended_early.items()]
-    waiting = [n.name for n in notebooks if n not in done and n not in ended_early]
-    if waiting:
-        lines.append("Not started: " + ", ".join(waiting) + ".")
-    lines.append(
-        "Run the same command again to go on: the notebooks run again from the top, finished "
-        "training runs are reused, and an interrupted one continues from its last checkpoint."
-    )
-    return "\n".join(lines)
-
-
 def prepare_dataset(
     dataset: str,
     out_dir: str | os.PathLike,
     strict: bool = True,
     task: str | None = None,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> str:
     """Check and split a dataset before any notebook runs; return the DATASET to give them.
 

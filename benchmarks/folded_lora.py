@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ftkit.fast
-    from ftkit.comparison import subsample
     from ftkit.config import TrainConfig
+    from ftkit.curve import subsample
     from ftkit.evaluation import Approach, evaluate_approach
     from ftkit.hardware import choose_precision, cpu_has_bf16, cpu_name, detect_hardware
     from ftkit.task_data import load_task_data

@@ -436,7 +436,7 @@ def evaluation_speed(tickets: int, max_new_tokens: int) -> dict:
     """Greedy replies to test tickets one at a time and batched (fp32), timed and compared."""
     import torch
 
-    from ftkit.comparison import subsample
+    from ftkit.curve import subsample
     from ftkit.evaluation import Approach, build_prompt
     from ftkit.generation import generate_replies
     from ftkit.models import load_model

@@ -31,9 +31,10 @@ _MODULES = {  # module -> the public names ftkit re-exports from it
         "CATALOG", "EMBEDDED_MODEL", "GPU", "GPUS", "ModelInfo", "UnknownModelError",
         "get_gpu", "get_model_info", "list_models",
     ),
-    "ftkit.comparison": ("Comparison", "compare", "learning_curve"),
+    "ftkit.comparison": ("Comparison", "compare"),
     "ftkit.config": ("TrainConfig", "TrainingError"),
     "ftkit.course.doctor": ("doctor", "package_versions"),
+    "ftkit.curve": ("CurvePoint", "learning_curve"),
     "ftkit.data": ("Example", "Examples", "load_examples", "save_examples"),
     "ftkit.estimates": (
         "TokenStats", "estimate_training_time", "measure_throughput", "token_stats",

@@ -17,8 +17,14 @@ from dataclasses import replace
 import pytest
 from test_lanes import _notebook  # a one-cell notebook, reading those `after` names
 
-from ftkit import comparison, progress
-from ftkit.comparison import (
+from ftkit import curve as curve_module
+from ftkit import progress
+from ftkit.config import TrainConfig
+from ftkit.course.ahead import AheadJob, curve_job, run_job, train_curve_ahead
+from ftkit.course.lanes import run_in_lanes
+from ftkit.course.report import timings_html
+from ftkit.course.runner import run_notebook, summary_table, train_ahead
+from ftkit.curve import (
     ANSWERS,
     CURVE_APPROACH,
     curve_recipe,
@@ -27,11 +33,6 @@ from ftkit.comparison import (
     evaluate_run,
     learning_curve,
 )
-from ftkit.config import TrainConfig
-from ftkit.course.ahead import AheadJob, curve_job, run_job, train_curve_ahead
-from ftkit.course.lanes import run_in_lanes
-from ftkit.course.report import timings_html
-from ftkit.course.runner import run_notebook, summary_table, train_ahead
 from ftkit.evaluation import evaluate_approach
 from ftkit.runs import run_busy, run_lock
 from ftkit.task_data import load_task_data
@@ -117,7 +118,7 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     curve = curve_recipe(run.config, f"{data.name}-curve", str(runs_dir))
     tests = curve_tests(data.test, data.task)
     with monkeypatch.context() as patched:
-        patched.setattr(comparison, "generate_answers", _nothing_generated)
+        patched.setattr(curve_module, "generate_answers", _nothing_generated)
         points = learning_curve([4, 8], curve, data.train, tests, data.task, n_resamples=20,
                                 progress=None)  # fmt: skip
     assert [point.run_dir for point in points] == [str(path) for path in reversed(ahead)]
@@ -140,7 +141,7 @@ def test_the_curve_trained_ahead_is_read_back_by_the_notebooks_call(tmp_path, ca
     # so does an edited ftkit (the digest of its code, on which `ftkit.reuse` keys runs: an
     # edit to generation alone retrains a run to the same weights)
     with monkeypatch.context() as patched:
-        patched.setattr(comparison, "training_code_id", lambda: "an edited checkout")
+        patched.setattr(curve_module, "training_code_id", lambda: "an edited checkout")
         evaluate_run(reread, tests[:1], CURVE_APPROACH, data.task, max_new_tokens=4)
     assert len(list((ahead[1] / ANSWERS).glob("*.json"))) == 3
     kept[ahead[1]][0].write_text("{not json", encoding="utf-8")

@@ -15,14 +15,7 @@ import pytest
 import torch
 
 from ftkit import progress
-from ftkit.comparison import (
-    Comparison,
-    CurvePoint,
-    compare,
-    curve_sizes,
-    learning_curve,
-    subsample,
-)
+from ftkit.comparison import Comparison, compare
 from ftkit.config import TrainConfig
 from ftkit.constrained import INSTALL, compile_constraint, processor_factory, xgrammar_available
 from ftkit.course.plots import (
@@ -32,6 +25,7 @@ from ftkit.course.plots import (
     plot_quality_vs_cost,
 )
 from ftkit.course.widgets import Comparator, ComparisonControls, ErrorBrowser
+from ftkit.curve import CurvePoint, curve_sizes, learning_curve, subsample
 from ftkit.evaluation import (
     EVAL_BATCH,
     OTHER_DEVICES_BATCH,

@@ -15,9 +15,10 @@ import sys
 import pytest
 
 from ftkit.baseline import CLASSICAL, NAME, can_classify, classical_baseline
-from ftkit.comparison import Comparison, CurvePoint
+from ftkit.comparison import Comparison
 from ftkit.config import TrainConfig
 from ftkit.constrained import answer_schema, token_bound, xgrammar_available
+from ftkit.curve import CurvePoint
 from ftkit.data import Example
 from ftkit.evaluation import Approach, ApproachResult, Prediction, evaluate_approach, shots_for
 from ftkit.knowledge import FAQ, knowledge_check, read_faq, states

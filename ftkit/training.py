@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ftkit import runs
+from ftkit import locks, runs
 from ftkit.callbacks import StopControl, stop_on_interrupt
 from ftkit.config import TrainConfig, TrainingError
 from ftkit.data import load_examples
@@ -196,7 +196,7 @@ def train(
     if it was interrupted (`resumable_run`); without validation examples, any finished run
     under `config.runs_dir` that trained the same adapter is returned (`shared_run`).
 
-    One process at a time trains a given run name (`ftkit.runs.run_lock`): another one
+    One process at a time trains a given run name (`ftkit.locks.run_lock`): another one
     training it now is waited for, and its finished run then reused.
     """
     started = time.perf_counter()
@@ -219,7 +219,7 @@ def train(
     if validation_examples is not None:
         val_items = tokenize_for_training(validation_examples, tokenizer, config.max_length,
                                           split="validation")  # fmt: skip
-    with runs.run_lock(config):  # only now: a call with bad data writes nothing
+    with locks.run_lock(config):  # only now: a call with bad data writes nothing
         return _train_run(config, precision, tokenizer, train_items, val_items, started,
                           resume=resume, reuse=reuse, callbacks=callbacks, monitor=monitor,
                           model=model)  # fmt: skip

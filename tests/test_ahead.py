@@ -34,7 +34,7 @@ from ftkit.curve import (
     learning_curve,
 )
 from ftkit.evaluation import evaluate_approach
-from ftkit.runs import run_busy, run_lock
+from ftkit.locks import run_busy, run_lock
 from ftkit.task_data import load_task_data
 from ftkit.training import load_or_train, train
 

@@ -9,9 +9,9 @@ ended (before 06, which nothing waits for; `run_in_lanes`), with the same
 recipe and subsets as the notebook (`ftkit.curve.curve_recipe`, `curve_run`), and
 answers the curve's test examples with each (`ftkit.curve.evaluate_run`, kept in the
 run's folder), so that 04 reads runs and answers back (`ftkit.reuse`) instead of training
-and generating them. A run that 04 starts first is left to it (`ftkit.runs.run_busy`), and
+and generating them. A run that 04 starts first is left to it (`ftkit.locks.run_busy`), and
 one that 04 reaches while this trains or answers with it is waited for there
-(`ftkit.runs.run_lock`, and the lock beside its answers): never done twice side by side.
+(`ftkit.locks.run_lock`, and the lock beside its answers): never done twice side by side.
 
     python -m ftkit.course.ahead curve --dataset support_tickets --runs-dir build/runs
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftkit import progress, runs
+from ftkit import locks, progress, runs
 from ftkit.curve import (
     CURVE_APPROACH,
     curve_recipe,
@@ -86,7 +86,7 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     returns their folders. Every point but the whole training split (that is 03's run
     itself), the largest first; a run already trained is reused (`train(reuse=True)`), and
     answers kept already are not generated again (`evaluate_run`). Once notebook 04 holds
-    one of them (`ftkit.runs.run_busy`), it is at its curve and trains what is left itself:
+    one of them (`ftkit.locks.run_busy`), it is at its curve and trains what is left itself:
     nothing more is started here."""
     data = load_task_data(dataset)
     source = Path(runs_dir) / f"{data.name}-qlora"
@@ -99,12 +99,12 @@ def train_curve_ahead(dataset: str, runs_dir: str | os.PathLike, seed: int = 0,
     sizes = sorted((s for s in curve_sizes(len(data.train)) if s < len(data.train)), reverse=True)
     points = [curve_run(recipe, data.train, size, data.task, seed) for size in sizes]
     tests = curve_tests(data.test, data.task)
-    if any(runs.run_busy(config) for config, _ in points):
+    if any(locks.run_busy(config) for config, _ in points):
         say("notebook 04 is at its learning curve already: nothing to train ahead")
         return []
     trained = []
     for config, subset in points:
-        if runs.run_busy(config):
+        if locks.run_busy(config):
             say(f"{config.run_name}: notebook 04 is training it; it trains what is left itself")
             break
         progress.stop_if_requested(f"training {config.run_name}")

@@ -123,9 +123,9 @@ class _Lanes:
         self.waits = _waits(self.notebooks, self.by_prefix)
         self.pending, self.waiting_jobs = list(notebooks), jobs
         self.done: dict[Path, NotebookRun] = {}
-        self.ended_early: dict[Path, BaseException] = {}
+        self.ended_early: dict[Path, BaseException] = {}  # those that raised, as they ended
         self.finished: queue.Queue = queue.Queue()  # (notebook or job, its outcome)
-        self.running, self.failure, self.interrupted = 0, None, False
+        self.running, self.interrupted = 0, False
         self.counting = threading.Lock()
 
     def share(self) -> int:
@@ -151,7 +151,7 @@ class _Lanes:
         `one_ended`): none after a failure or a Ctrl-C."""
         with self.counting:  # one change: a notebook's end and the starts it allows
             self.running -= one_ended
-            if self.failure is not None or self.interrupted:
+            if self.ended_early or self.interrupted:
                 return [], []
             ready = [n for n in self.pending if self.waits[n] <= self.done.keys()]
             awaited = set().union(*(self.waits[n] for n in self.pending))
@@ -192,7 +192,6 @@ class _Lanes:
                 log(f"[ftkit] {item.target} ahead: could not run ({what}); notebook "
                     f"{item.target} trains what it needs itself")  # fmt: skip
         elif isinstance(outcome, BaseException):
-            self.failure = self.failure or outcome
             self.ended_early[item] = outcome
             if self.running > 1 and not self.interrupted:
                 log(f"[ftkit] {item.name} failed; waiting for the notebook still running")
@@ -204,8 +203,8 @@ class _Lanes:
         if self.interrupted:
             raise SeriesInterrupted(_interrupted_message(self.notebooks, self.done,
                                                          self.ended_early))  # fmt: skip
-        if self.failure is not None:
-            raise self.failure
+        if self.ended_early:  # the first failure
+            raise next(iter(self.ended_early.values()))
         if self.pending:  # only a circle of `after` lists leaves notebooks waiting on each other
             names = ", ".join(notebook.name for notebook in self.pending)
             raise RuntimeError(
